@@ -1,0 +1,216 @@
+"""params.yaml -> typed, validated configuration objects.
+
+Each section is a frozen dataclass. Loading is strict: an unknown key, a missing required key or a value of the
+wrong type or range raises :class:`ConfigError`, naming the key (as a dotted path) and what is allowed, before any
+work starts. Budgets such as ``eps`` may be written as fractions (``8/255``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad parameter: the message names the key, the value and what is allowed."""
+
+
+def parse_number(value: Any, key: str) -> float:
+    """A float from a number or a fraction string such as ``"8/255"``."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {value!r}")
+
+
+def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: got {value!r}; allowed: {allowed}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Coerce a YAML value to ``annotation`` (dataclasses, lists, dicts, unions, float/int/str/bool)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} matches none of {options}")
+    if dataclasses.is_dataclass(annotation):
+        return from_dict(annotation, value, key)
+    if origin in (list, tuple):
+        _check(isinstance(value, (list, tuple)), key, value, "a list")
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        _check(isinstance(value, dict), key, value, "a mapping")
+        _, item_type = typing.get_args(annotation) or (str, Any)
+        return {str(k): _coerce(v, item_type, f"{key}.{k}") for k, v in value.items()}
+    if annotation is float:
+        return parse_number(value, key)
+    if annotation is bool:
+        _check(isinstance(value, bool), key, value, "true or false")
+        return value
+    if annotation is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, value, "an integer")
+        return value
+    if annotation is str:
+        _check(isinstance(value, str), key, value, "a string")
+        return value
+    return value  # Any
+
+
+def from_dict(cls: type, data: Any, key: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, strictly (unknown keys and missing required keys are errors)."""
+    where = key or "params"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys to values, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys: {sorted(fields)}")
+    values = {}
+    for name, spec in fields.items():
+        dotted = f"{key}.{name}" if key else name
+        if name in data:
+            values[name] = _coerce(data[name], hints[name], dotted)
+        elif spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{dotted}: required key is missing")
+    try:
+        return cls(**values)
+    except ConfigError as error:  # __post_init__ names the field; prefix the section's path
+        raise ConfigError(f"{key}.{error}" if key else str(error)) from None
+
+
+def to_dict(config: Any) -> Any:
+    """Plain-data view of a config object (for JSON results and checkpoints)."""
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, at which resolution, and where it lives."""
+
+    name: str = "glyphs"
+    root: str = "data"  # the paper datasets, placed by the user (tracked by data.dvc)
+    prepared: str = "results/data"  # where the data stage writes prepared datasets (glyphs.npz)
+    image_size: int = 32
+    val_fraction: float = 0.1  # fraction of the training classes held out for validation (never test classes)
+    options: dict[str, Any] = field(default_factory=dict)  # dataset-specific (glyphs: num_classes, ...)
+
+    def __post_init__(self):
+        from eatlib.data import DATASETS
+
+        _check(self.name in DATASETS, "name", self.name, str(sorted(DATASETS)))
+        _check(self.image_size >= 16, "image_size", self.image_size, "an integer >= 16")
+        _check(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "0 <= value < 1")
+
+    def dataset_root(self) -> Path:
+        """Generated datasets are read from ``prepared``; downloaded ones from ``root/<name>``."""
+        return Path(self.prepared if self.name == "glyphs" else self.root)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One architecture: backbone name, embedding size and backbone options."""
+
+    arch: str
+    embedding_dim: int = 128
+    pretrained: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        from eatlib.models import ARCHITECTURES
+
+        _check(self.arch in ARCHITECTURES, "arch", self.arch, str(sorted(ARCHITECTURES)))
+        _check(self.embedding_dim >= 2, "embedding_dim", self.embedding_dim, "an integer >= 2")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    name: str = "proxy_anchor"
+    proxy_lr_multiplier: float = 100.0  # proxies learn this many times faster than the network
+    options: dict[str, Any] = field(default_factory=lambda: {"margin": 0.1, "alpha": 32.0})
+
+    def __post_init__(self):
+        from eatlib.losses import LOSSES
+
+        _check(self.name in LOSSES, "name", self.name, str(sorted(LOSSES)))
+        _check(self.proxy_lr_multiplier > 0, "proxy_lr_multiplier", self.proxy_lr_multiplier, "> 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation schedule shared by every defense."""
+
+    epochs: int = 20
+    batch_size: int = 120
+    samples_per_class: int = 4  # class-balanced batches: batch_size / samples_per_class classes per batch
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0  # linear warm-up of the learning rate, in (fractions of) epochs
+    lr_milestones: list[int] = field(default_factory=list)  # epochs at which the rate is multiplied by lr_gamma
+    lr_gamma: float = 0.1
+    freeze_bn: bool = False  # keep BatchNorm statistics fixed (usual with ImageNet-pretrained backbones)
+    amp: bool = True  # bf16 autocast, used only on CUDA
+    grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def __post_init__(self):
+        _check(self.epochs >= 1, "epochs", self.epochs, "an integer >= 1")
+        _check(self.samples_per_class >= 1, "samples_per_class", self.samples_per_class, ">= 1")
+        _check(
+            self.batch_size >= 2 * self.samples_per_class and self.batch_size % self.samples_per_class == 0,
+            "batch_size",
+            self.batch_size,
+            f"a multiple of samples_per_class ({self.samples_per_class}) covering at least 2 classes",
+        )
+        _check(self.lr > 0, "lr", self.lr, "> 0")
+        _check(self.weight_decay >= 0, "weight_decay", self.weight_decay, ">= 0")
+        _check(self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, ">= 0")
+        _check(0 < self.lr_gamma <= 1, "lr_gamma", self.lr_gamma, "0 < value <= 1")
+        _check(
+            all(0 < m <= self.epochs for m in self.lr_milestones)
+            and list(self.lr_milestones) == sorted(self.lr_milestones),
+            "lr_milestones",
+            self.lr_milestones,
+            f"increasing epochs between 1 and epochs ({self.epochs})",
+        )
+        _check(self.grad_clip >= 0, "grad_clip", self.grad_clip, ">= 0")
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"parameter file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
