@@ -1,0 +1,41 @@
+# Two commands set up everything on a fresh machine:  make repro  (the whole pipeline)  and  make test.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Stages call papermill and jupyter from the venv; DVC's usage analytics stay off.
+RUN    := PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
+LAB_PORT ?= 8888
+
+.PHONY: env repro test lint lab clean-env
+
+env: $(STAMP)
+
+# Reinstalled only when a requirement file changes.
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+# data/ is where users place the paper datasets (tracked by data.dvc); it exists, empty, by default.
+repro: env
+	mkdir -p data
+	$(RUN) $(BIN)/dvc repro
+
+test: env
+	$(RUN) $(BIN)/python -m pytest
+
+lint: env
+	$(BIN)/ruff check eatlib tests benchmarks
+
+# JupyterLab on loopback only, behind a random token (printed in the URL); --allow-root only when run as root.
+lab: env
+	$(RUN) $(BIN)/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser \
+		--IdentityProvider.token="$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))')" \
+		$$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+
+clean-env:
+	rm -rf $(VENV)
