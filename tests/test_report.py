@@ -1,0 +1,221 @@
+"""Tables from synthetic results JSON: rows, columns, round-trip of the numbers, LaTeX hygiene, clear errors."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from eatlib import report
+
+ARCHS = ("resnet", "mobilenet")
+DEFENSES = ("eat", "standard", "pgd_at")          # deliberately not in canonical order
+METRICS = ("nmi", "ami", "ari", "f1", "purity", "recall@1")
+SWEEP_EPS = [1 / 255, 2 / 255, 4 / 255, 8 / 255]
+ATTACKS = ("pgd20_centroid", "fgsm_shift")
+
+
+def _scores(rng) -> dict:
+    return {key: float(rng.uniform(0.1, 0.95)) for key in METRICS}
+
+
+def _result(rng, arch: str, defense: str, *, members: int = 0) -> dict:
+    attacks = {}
+    for attack in ATTACKS:
+        eps = 8 / 255 if attack.startswith("pgd") else 4 / 255
+        attacks[attack] = _scores(rng) | {"spec": {"eps": eps, "norm": "linf", "steps": 20}}
+    worst = {key: min(attacks[a][key] for a in ATTACKS) for key in METRICS}
+    result = {
+        "arch": arch,
+        "defense": defense,
+        "clean": _scores(rng) | {"recall@2": 0.99},
+        "attacks": attacks,
+        "worst": worst,
+        "headline": "pgd20_centroid",
+        "sweep": {"attack": "pgd20_centroid", "eps": SWEEP_EPS,
+                  "metrics": [_scores(rng) for _ in SWEEP_EPS]},
+        "cost": {"train_seconds": float(rng.uniform(60, 3000)),
+                 "forward_backward_images": int(rng.integers(1e5, 1e8)), "epochs": 24},
+        "subset": {"images": 3000, "classes": 50, "seed": 0},
+        "config": {"lr": 1e-3},
+    }
+    if members:
+        result["members"] = {str(m): {"clean": _scores(rng), "headline": _scores(rng)} for m in range(members)}
+    return result
+
+
+def write_synthetic_results(root: Path, seed: int = 0) -> dict[tuple[str, str], dict]:
+    """Two archs x three defenses (eat with 3 members) under ``root/metrics`` and two ablation variants under
+    ``root/ablation``; returns the main results keyed by (arch, defense), plus ("ablation", stem) entries."""
+    rng = np.random.default_rng(seed)
+    written = {}
+    for arch in ARCHS:
+        for defense in DEFENSES:
+            result = _result(rng, arch, defense, members=3 if defense == "eat" else 0)
+            path = root / "metrics" / arch / f"{defense}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result))
+            written[(arch, defense)] = result
+    for stem, variant in (("members_5", {"members": 5, "split": "holdout_one"}),
+                          ("split_disjoint", {"split": "disjoint"})):
+        result = _result(rng, "resnet", "eat") | {"variant": variant}
+        path = root / "ablation" / f"{stem}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+        written[("ablation", stem)] = result
+    return written
+
+
+@pytest.fixture
+def results(tmp_path):
+    return tmp_path / "results", write_synthetic_results(tmp_path / "results")
+
+
+EXPECTED_ROWS = ["standard", "pgd_at", "eat", "eat (member 1)", "eat (member 2)", "eat (member 3)"]
+
+
+def test_main_table_has_the_expected_rows_and_columns(results):
+    root, _ = results
+    table = report.main_table(report.load_metrics(root))
+    assert list(table.index) == EXPECTED_ROWS
+    per_arch = [(g, k) for g in ("clean", "robust") for k in ("nmi", "ami", "ari", "f1", "recall@1")]
+    per_arch += [("worst", "ami"), ("worst", "ari"), ("cost", "train_minutes"), ("cost", "fb_images_millions")]
+    assert list(table.columns) == [(arch, *c) for arch in sorted(ARCHS) for c in per_arch]
+
+
+def test_written_tables_round_trip_the_json_numbers(results):
+    root, written = results
+    out = root / "tables"
+    paths = report.write_tables(root, out)
+    assert sorted(p.name for p in paths) == sorted(
+        f"{name}.{ext}" for name in ("main", "ablation") for ext in ("md", "tex", "csv"))
+    table = report.read_csv_table(out / "main.csv")
+    assert list(table.index) == EXPECTED_ROWS
+    for (arch, defense), data in written.items():
+        if arch == "ablation":
+            continue
+        row = table.loc[defense]
+        headline = data["attacks"][data["headline"]]
+        for key in ("nmi", "ami", "ari", "f1", "recall@1"):
+            assert row[(arch, "clean", key)] == pytest.approx(data["clean"][key], rel=1e-15)
+            assert row[(arch, "robust", key)] == pytest.approx(headline[key], rel=1e-15)
+        for key in ("ami", "ari"):
+            assert row[(arch, "worst", key)] == pytest.approx(data["worst"][key], rel=1e-15)
+        assert row[(arch, "cost", "train_minutes")] == pytest.approx(data["cost"]["train_seconds"] / 60)
+        assert row[(arch, "cost", "fb_images_millions")] == pytest.approx(
+            data["cost"]["forward_backward_images"] / 1e6)
+        for index, member in data.get("members", {}).items():
+            member_row = table.loc[f"{defense} (member {int(index) + 1})"]
+            assert member_row[(arch, "robust", "ari")] == pytest.approx(member["headline"]["ari"], rel=1e-15)
+            assert member_row[(arch, "clean", "nmi")] == pytest.approx(member["clean"]["nmi"], rel=1e-15)
+            assert np.isnan(member_row[(arch, "cost", "train_minutes")])
+
+
+def test_ablation_table_rows_params_and_numbers(results):
+    root, written = results
+    report.write_tables(root, root / "tables")
+    table = report.read_csv_table(root / "tables" / "ablation.csv")
+    assert list(table.index) == ["members_5", "split_disjoint"]
+    assert list(table["variant"].columns) == ["defense", "arch", "members", "split"]
+    assert table.loc["members_5", ("variant", "members")] == 5
+    assert np.isnan(table.loc["split_disjoint", ("variant", "members")])   # not set by that variant
+    assert table.loc["split_disjoint", ("variant", "split")] == "disjoint"
+    data = written[("ablation", "split_disjoint")]
+    assert table.loc["split_disjoint", ("robust", "ami")] == pytest.approx(data["attacks"]["pgd20_centroid"]["ami"])
+    assert table.loc["split_disjoint", ("worst", "ari")] == pytest.approx(data["worst"]["ari"])
+
+
+def test_markdown_has_caption_one_pipe_table_per_arch_and_rounded_numbers(results):
+    root, written = results
+    report.write_tables(root, root / "tables")
+    text = (root / "tables" / "main.md").read_text()
+    assert "pgd20_centroid (eps=8/255" in text and "3000 test images of 50 classes (seed 0)" in text
+    for arch in ARCHS:
+        assert f"**{arch}**" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| defense")]
+    labels = [line.split("|")[1].strip() for line in rows]
+    assert labels == [label.replace("eat (m", "&emsp;eat (m") for label in EXPECTED_ROWS] * 2
+    header = next(line for line in text.splitlines() if line.startswith("| defense"))
+    assert header.count("|") == 1 + 1 + 14   # defense + 14 columns per architecture
+    clean_nmi = written[("mobilenet", "standard")]["clean"]["nmi"]
+    assert f"{clean_nmi:.3f}" in rows[0]    # mobilenet comes first (sorted), standard first
+
+
+def test_markdown_bolds_the_best_defense_not_a_member(results):
+    root, written = results
+    table = report.main_table(report.load_metrics(root))
+    best = max(("standard", "pgd_at", "eat"), key=lambda d: written[("resnet", d)]["worst"]["ari"])
+    text = report.markdown_table(table)
+    value = f"**{written[('resnet', best)]['worst']['ari']:.3f}**"
+    assert value in text.split("**resnet**")[1]
+    assert not any("**" in line for line in text.splitlines() if "member" in line)
+
+
+def test_latex_escapes_underscores_and_balances_environments(results):
+    root, _ = results
+    report.write_tables(root, root / "tables")
+    for name in ("main", "ablation"):
+        tex = (root / "tables" / f"{name}.tex").read_text()
+        for env in ("tabular", "table*"):
+            assert tex.count(rf"\begin{{{env}}}") == tex.count(rf"\end{{{env}}}") == 1
+        assert re.search(r"(?<!\\)_", tex) is None, "unescaped underscore"
+        assert r"pgd\_at" in tex or name == "ablation"
+        assert r"\toprule" in tex and r"\bottomrule" in tex
+        packages = set(re.findall(r"\\(multirow|cmidrule|toprule|midrule|bottomrule)", tex))
+        assert packages <= {"multirow", "cmidrule", "toprule", "midrule", "bottomrule"}
+        columns = len(re.search(r"\\begin\{tabular\}\{([lr]+)\}", tex).group(1))
+        body = tex.split(r"\midrule")[1].split(r"\bottomrule")[0].strip().splitlines()
+        assert all(line.count("&") == columns - 1 for line in body)
+    assert r"\quad eat (member 1)" in (root / "tables" / "main.tex").read_text()
+
+
+def test_missing_key_names_the_file_and_the_key(results):
+    root, _ = results
+    path = root / "metrics" / "resnet" / "pgd_at.json"
+    data = json.loads(path.read_text())
+    del data["attacks"]["pgd20_centroid"]["ari"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(report.ResultsError, match=r"pgd_at\.json.*'attacks\.pgd20_centroid\.ari'"):
+        report.write_tables(root, root / "tables")
+    assert not (root / "tables" / "main.md").exists()
+
+
+def test_missing_top_level_key_and_headline_not_in_suite(results):
+    root, _ = results
+    path = root / "metrics" / "mobilenet" / "standard.json"
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in data.items() if k != "worst"}))
+    with pytest.raises(report.ResultsError, match=r"standard\.json.*'worst'"):
+        report.load_metrics(root)
+    path.write_text(json.dumps(data | {"headline": "cw_l2"}))
+    with pytest.raises(report.ResultsError, match=r"standard\.json.*'attacks\.cw_l2'"):
+        report.load_metrics(root)
+
+
+def test_no_metrics_files_is_a_clear_error(tmp_path):
+    with pytest.raises(report.ResultsError, match=r"no metrics files in .*metrics"):
+        report.write_tables(tmp_path, tmp_path / "tables")
+
+
+def test_no_ablation_files_writes_only_the_main_table(results):
+    root, _ = results
+    for path in (root / "ablation").glob("*.json"):
+        path.unlink()
+    paths = report.write_tables(root)
+    assert sorted(p.name for p in paths) == ["main.csv", "main.md", "main.tex"]
+    assert all(p.parent == root / "tables" for p in paths)
+
+
+def test_unknown_defenses_follow_the_canonical_ones():
+    order = report.defense_order(["zeta", "eat", "alpha", "standard", "trades"])
+    assert order == ["standard", "trades", "eat", "alpha", "zeta"]
+
+
+def test_csv_table_is_plain_pandas_csv(results):
+    root, _ = results
+    report.write_tables(root, root / "tables")
+    flat = pd.read_csv(root / "tables" / "main.csv")
+    assert flat.columns[0] == "defense"
+    assert "resnet.robust.recall@1" in flat.columns
