@@ -1,0 +1,98 @@
+"""Attacks on clustering-based inference: one engine, pluggable objectives on embeddings.
+
+An attack = objective + optimiser + budget. Build one from a spec (see :mod:`eatlib.attacks.spec`)::
+
+    attack = build_attack(HEADLINE, model, clean_embeddings=clean, labels=labels, seed=0)
+    adversarial = attack(images, index)
+
+or from the classes directly (``PGD(model, Centroid("random").prepare(clean, labels), eps=8/255)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from eatlib.attacks.base import NORMS, Attack
+from eatlib.attacks.eot import expected_value, value_and_grad
+from eatlib.attacks.objectives import (
+    OBJECTIVES,
+    Centroid,
+    DMLLoss,
+    EmbeddingShift,
+    Objective,
+    SoftAssignment,
+    kmeans_centres,
+)
+from eatlib.attacks.optimizers import CW, FGSM, MIFGSM, OPTIMIZERS, PGD, UniformNoise
+from eatlib.attacks.spec import (
+    HEADLINE,
+    SWEEP_EPS,
+    SpecError,
+    allowed_keys,
+    eps_sweep,
+    format_eps,
+    parse_eps,
+    validate_spec,
+    validate_suite,
+)
+
+__all__ = [
+    "Attack", "CW", "FGSM", "MIFGSM", "PGD", "UniformNoise", "OPTIMIZERS", "NORMS",
+    "Objective", "EmbeddingShift", "Centroid", "SoftAssignment", "DMLLoss", "OBJECTIVES", "kmeans_centres",
+    "HEADLINE", "SWEEP_EPS", "SpecError", "allowed_keys", "eps_sweep", "format_eps", "parse_eps",
+    "validate_spec", "validate_suite", "build_objective", "build_attack", "value_and_grad", "expected_value",
+]
+
+
+def build_objective(spec: Mapping, *, seed: int = 0) -> Objective:
+    """The (unprepared) objective a spec names; ``seed`` seeds its k-means and random targets."""
+    spec = validate_spec(spec)
+    name = spec["objective"]
+    if name == "centroid":
+        return Centroid(spec["target"], spec["margin"], n_clusters=spec["n_clusters"], seed=seed)
+    if name == "soft_assignment":
+        return SoftAssignment(spec["temperature"], n_clusters=spec["n_clusters"], seed=seed)
+    if name == "dml_loss":
+        return DMLLoss(margin=spec["loss_margin"], alpha=spec["loss_alpha"])
+    return EmbeddingShift()
+
+
+def build_attack(
+    spec: Mapping,
+    model: nn.Module,
+    *,
+    clean_embeddings: torch.Tensor | None = None,
+    labels=None,
+    objective: Objective | None = None,
+    seed: int = 0,
+) -> Attack:
+    """The attack a spec names, on ``model``.
+
+    The objective is built from the spec and, when ``clean_embeddings [N, D]`` (and ``labels [N]``) of the whole
+    attacked set are given, prepared on them; otherwise prepare ``attack.objective`` yourself before calling the
+    attack. Pass ``objective=`` to use an objective object of your own (the spec's objective keys are then not
+    used). ``seed`` seeds the random starts, the objective's k-means and its random targets.
+    """
+    spec = validate_spec(spec)
+    if objective is None:
+        objective = build_objective(spec, seed=seed)
+    if clean_embeddings is not None:
+        objective.prepare(clean_embeddings, labels)
+    common = {"eps": spec["eps"], "norm": spec["norm"], "restarts": spec["restarts"], "eot_samples": spec["eot"],
+              "seed": seed}
+    name = spec["optimizer"]
+    if name == "pgd":
+        return PGD(model, objective, alpha=spec["alpha"], steps=spec["steps"], random_start=spec["random_start"],
+                   **common)
+    if name == "fgsm":
+        return FGSM(model, objective, random_start=spec["random_start"], **common)
+    if name == "mifgsm":
+        return MIFGSM(model, objective, alpha=spec["alpha"], steps=spec["steps"], decay=spec["decay"],
+                      random_start=spec["random_start"], **common)
+    if name == "cw":
+        kappa = float("inf") if spec["kappa"] is None else spec["kappa"]
+        return CW(model, objective, c=spec["c"], kappa=kappa, steps=spec["steps"], lr=spec["lr"], **common)
+    return UniformNoise(model, objective, **common)

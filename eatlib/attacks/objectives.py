@@ -1,0 +1,269 @@
+"""Objectives on embeddings: what an attack on clustering-based inference maximises.
+
+An objective is prepared ONCE on the clean embeddings of the whole attacked set (k-means centres, clean
+assignments, targets), then bound to a batch by its positions in that set (``objective.batch(index)``), which
+gathers the batch's rows once; the bound function maps the adversarial embeddings ``[B, D]`` to one value per
+sample ``[B]`` to MAXIMISE and is cheap enough to call at every attack step.
+
+Embeddings are L2-normalised, so the squared distance to a centre ``c`` is ``1 - 2 z.c + |c|^2``: k-means'
+own assignment rule, evaluated with one matrix product (``centroid`` even needs only a dot product per sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from torch import nn
+
+BatchObjective = Callable[[torch.Tensor], torch.Tensor]
+
+
+def kmeans_centres(embeddings: torch.Tensor, n_clusters: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded k-means on ``embeddings [N, D]``: ``(centres [K, D] float32, assignments [N] int64)``."""
+    if not 2 <= n_clusters <= len(embeddings):
+        raise ValueError(f"n_clusters must be in [2, {len(embeddings)}] (the number of embeddings), got {n_clusters}")
+    km = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit(embeddings.detach().cpu().double().numpy())
+    return torch.as_tensor(km.cluster_centers_, dtype=torch.float32), torch.as_tensor(km.labels_, dtype=torch.long)
+
+
+class Objective:
+    """Base class. Subclasses set their state in :meth:`prepare` and return the per-batch function in
+    :meth:`_bind` from tensors already on the embeddings' device."""
+
+    name = "objective"
+    needs_labels = False
+
+    def __init__(self):
+        self._state: dict[str, torch.Tensor] | None = None
+        self._on_device: dict[str, torch.Tensor] = {}
+
+    @property
+    def prepared(self) -> bool:
+        return self._state is not None
+
+    @property
+    def size(self) -> int:
+        """Number of samples of the set the objective was prepared on."""
+        self._check_prepared()
+        return len(self._state["clean"])
+
+    def prepare(self, clean_embeddings: torch.Tensor, labels=None) -> Objective:
+        """Precompute everything from the clean embeddings ``[N, D]`` of the whole attacked set (and its labels
+        ``[N]`` for objectives that use them). Returns ``self``."""
+        clean = torch.as_tensor(clean_embeddings).detach().float().cpu()
+        if clean.ndim != 2 or len(clean) == 0:
+            raise ValueError(f"clean_embeddings must be a non-empty [N, D] tensor, got shape {tuple(clean.shape)}")
+        if labels is not None:
+            labels = torch.as_tensor(np.asarray(labels), dtype=torch.long).cpu()
+            if labels.shape != (len(clean),):
+                raise ValueError(f"labels must have shape [{len(clean)}], got {tuple(labels.shape)}")
+        elif self.needs_labels:
+            raise ValueError(f"objective {self.name!r} uses the labels: pass labels to prepare()")
+        self._state = {"clean": clean, **self._prepare(clean, labels)}
+        self._on_device = {}
+        return self
+
+    def _prepare(self, clean: torch.Tensor, labels: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        return {}
+
+    def batch(self, index: torch.Tensor, device: torch.device | str | None = None) -> BatchObjective:
+        """Bind to the samples at positions ``index [B]`` of the prepared set; returns ``f(embeddings [B, D]) ->
+        values [B]``. Gathers the batch's rows once, not at every step."""
+        self._check_prepared()
+        device = torch.device(device) if device is not None else index.device
+        state = self._state_on(device)
+        index = torch.as_tensor(index, dtype=torch.long, device=device)
+        if index.ndim != 1:
+            raise ValueError(f"index must be a 1-d LongTensor of positions, got shape {tuple(index.shape)}")
+        if len(index) and (int(index.min()) < 0 or int(index.max()) >= self.size):
+            raise IndexError(f"index out of range for an objective prepared on {self.size} samples")
+        return self._bind(state, index)
+
+    def __call__(self, embeddings: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Values ``[B]`` to maximise for ``embeddings [B, D]`` of the samples at positions ``index [B]``."""
+        return self.batch(index, embeddings.device)(embeddings)
+
+    def _bind(self, state: dict[str, torch.Tensor], index: torch.Tensor) -> BatchObjective:
+        raise NotImplementedError
+
+    def _state_on(self, device: torch.device) -> dict[str, torch.Tensor]:
+        key = str(device)
+        if key not in self._on_device:
+            self._on_device = {key: {k: v.to(device) for k, v in self._state.items()}}
+        return self._on_device[key]
+
+    def _check_prepared(self):
+        if self._state is None:
+            raise RuntimeError(
+                f"objective {self.name!r} is not prepared: call objective.prepare(clean_embeddings, labels) on "
+                "the clean embeddings of the whole attacked set first"
+            )
+
+    def __repr__(self):
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options().items())
+        return f"{type(self).__name__}({options})"
+
+    def options(self) -> dict:
+        return {}
+
+
+class EmbeddingShift(Objective):
+    """Move each embedding away from its clean embedding: value ``|z - z_clean|^2 = 2 - 2 z.z_clean``."""
+
+    name = "embedding_shift"
+
+    def _bind(self, state, index):
+        clean = state["clean"][index]
+        return lambda z: 2.0 - 2.0 * (z * clean).sum(1)
+
+
+class Centroid(Objective):
+    """Push each embedding away from its own clean k-means centre, towards a target centre.
+
+    value = ``d(z, c_own) - d(z, c_target)`` (squared Euclidean, as k-means assigns), capped at ``margin`` like
+    the C&W margin (``None``: no cap, keep pushing deeper into the target cluster). Positive once the sample
+    would be assigned to the target rather than to its own centre. Centres come from a seeded k-means with
+    ``n_clusters`` (default: the number of distinct labels) on the clean embeddings; the target is the nearest
+    other centre to the clean embedding (``target="nearest"``) or a seeded random other centre
+    (``target="random"``), fixed once at :meth:`prepare`.
+    """
+
+    name = "centroid"
+    TARGETS = ("nearest", "random")
+
+    def __init__(self, target: str = "nearest", margin: float | None = None, *, n_clusters: int | None = None,
+                 seed: int = 0):
+        super().__init__()
+        if target not in self.TARGETS:
+            raise ValueError(f"target must be one of {self.TARGETS}, got {target!r}")
+        self.target, self.margin, self.n_clusters, self.seed = target, margin, n_clusters, seed
+
+    def options(self):
+        return {"target": self.target, "margin": self.margin, "n_clusters": self.n_clusters, "seed": self.seed}
+
+    def _prepare(self, clean, labels):
+        k = _n_clusters(self.n_clusters, labels, self.name)
+        centres, assignment = kmeans_centres(clean, k, seed=self.seed)
+        distances = _sq_distances(clean, centres)
+        distances[torch.arange(len(clean)), assignment] = float("inf")
+        if self.target == "nearest":
+            target = distances.argmin(1)
+        else:
+            rng = np.random.default_rng(self.seed)
+            # A uniform draw among the other K-1 centres: shift past the own one.
+            draw = torch.as_tensor(rng.integers(0, k - 1, size=len(clean)), dtype=torch.long)
+            target = draw + (draw >= assignment).long()
+        return {"centres": centres, "assignment": assignment, "target": target}
+
+    def _bind(self, state, index):
+        own, target = state["centres"][state["assignment"][index]], state["centres"][state["target"][index]]
+        # d(z, own) - d(z, target) = 2 z.(target - own) + |own|^2 - |target|^2: linear in z, fused.
+        direction = 2.0 * (target - own)
+        offset = own.pow(2).sum(1) - target.pow(2).sum(1)
+        margin = self.margin
+        if margin is None:
+            return lambda z: (z * direction).sum(1) + offset
+        return lambda z: ((z * direction).sum(1) + offset).clamp(max=margin)
+
+
+class SoftAssignment(Objective):
+    """Divergence of soft k-means assignments from the clean ones: value ``KL(q_clean || p(z))`` with
+    ``p_j(z) = softmax_j(-|z - c_j|^2 / temperature)`` over the clean k-means centres."""
+
+    name = "soft_assignment"
+
+    def __init__(self, temperature: float = 0.05, *, n_clusters: int | None = None, seed: int = 0):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature, self.n_clusters, self.seed = temperature, n_clusters, seed
+
+    def options(self):
+        return {"temperature": self.temperature, "n_clusters": self.n_clusters, "seed": self.seed}
+
+    def _prepare(self, clean, labels):
+        centres, _ = kmeans_centres(clean, _n_clusters(self.n_clusters, labels, self.name), seed=self.seed)
+        clean_log_p = self._log_assign(clean, centres, centres.pow(2).sum(1))
+        return {"centres": centres, "clean_log_p": clean_log_p}
+
+    def _log_assign(self, z, centres, sq_norms):
+        # -|z - c|^2 = 2 z.c - |c|^2 - 1; the constant cancels in the softmax.
+        return F.log_softmax((2.0 * z @ centres.T - sq_norms) / self.temperature, dim=1)
+
+    def _bind(self, state, index):
+        centres = state["centres"]
+        sq_norms = centres.pow(2).sum(1)
+        log_q = state["clean_log_p"][index]
+        q = log_q.exp()
+        q_log_q = (q * log_q).sum(1)
+        return lambda z: q_log_q - (q * self._log_assign(z, centres, sq_norms)).sum(1)
+
+
+class DMLLoss(Objective):
+    """The metric-learning loss with the test labels: ``loss(embeddings, labels) -> scalar`` (the literal
+    adaptation of classification PGD; the attacker knows the labels).
+
+    Default loss: pytorch-metric-learning's Proxy-Anchor (margin 0.1, alpha 32, the training defaults). The
+    test classes have no trained proxies, so its proxies are the normalised class means of the clean test
+    embeddings (the proxies a model trained on those classes would approach). Any other ``loss`` object is used
+    as given (a proxy loss must already hold proxies for the test classes). The loss couples the samples of a
+    batch, so each sample's value is the batch loss divided by the batch size (the sum is the batch loss, which
+    is what the gradient follows); restarts then keep the best restart per batch.
+    """
+
+    name = "dml_loss"
+    needs_labels = True
+
+    def __init__(self, loss: nn.Module | None = None, *, margin: float = 0.1, alpha: float = 32.0):
+        super().__init__()
+        self.loss, self.loss_margin, self.loss_alpha = loss, margin, alpha
+        self._class_mean_proxies = loss is None
+
+    def options(self):
+        if self._class_mean_proxies:
+            return {"loss": "proxy_anchor", "margin": self.loss_margin, "alpha": self.loss_alpha}
+        return {"loss": type(self.loss).__name__}
+
+    def _prepare(self, clean, labels):
+        if self._class_mean_proxies:
+            from pytorch_metric_learning.losses import ProxyAnchorLoss
+
+            # Test classes need not be contiguous (a subset of them): proxies for the classes present.
+            classes, labels = torch.unique(labels, return_inverse=True)
+            num_classes = len(classes)
+            sums = torch.zeros(num_classes, clean.shape[1]).index_add_(0, labels, clean)
+            loss = ProxyAnchorLoss(num_classes, clean.shape[1], margin=self.loss_margin, alpha=self.loss_alpha)
+            with torch.no_grad():
+                loss.proxies.copy_(F.normalize(sums, dim=1))
+            loss.proxies.requires_grad_(False)
+            self.loss = loss
+        return {"labels": labels}
+
+    def _bind(self, state, index):
+        labels = state["labels"][index]
+        loss = self.loss.to(labels.device)
+        return lambda z: loss(z, labels).expand(len(z)) / len(z)
+
+
+def _sq_distances(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    return (z.pow(2).sum(1, keepdim=True) - 2.0 * z @ centres.T + centres.pow(2).sum(1)).clamp_(min=0)
+
+
+def _n_clusters(n_clusters: int | None, labels: torch.Tensor | None, name: str) -> int:
+    if n_clusters is not None:
+        return int(n_clusters)
+    if labels is None:
+        raise ValueError(
+            f"objective {name!r} needs the number of clusters: pass n_clusters=, or labels to prepare() "
+            "(k = number of distinct labels, as the deployed k-means uses)"
+        )
+    return int(torch.unique(labels).numel())
+
+
+OBJECTIVES: dict[str, type[Objective]] = {
+    cls.name: cls for cls in (EmbeddingShift, Centroid, SoftAssignment, DMLLoss)
+}

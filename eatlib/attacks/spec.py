@@ -1,0 +1,178 @@
+"""Attack specs: plain dicts that name an attack completely, validated, and carried into the results JSON.
+
+Example (the headline attack)::
+
+    {"name": "pgd_centroid_nearest", "optimizer": "pgd", "norm": "linf", "eps": 8/255, "alpha": 2/255,
+     "steps": 20, "objective": "centroid", "target": "nearest", "restarts": 1}
+
+:func:`validate_spec` fills the defaults, turns strings such as ``"8/255"`` into floats and rejects unknown
+keys and bad values with an error naming the key and what is allowed. Which keys are allowed depends on the
+optimiser and the objective (``decay`` only for ``mifgsm``, ``target`` only for ``centroid``, ...), so a key
+that would be silently ignored is an error too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from fractions import Fraction
+
+# key -> (default, kind, allowed values or None). kind: "str", "eps", "pos", "nonneg", "int", "bool", "kappa".
+_COMMON = {
+    "name": (None, "name", None),
+    "optimizer": ("pgd", "str", ("fgsm", "pgd", "mifgsm", "cw", "noise")),
+    "objective": ("centroid", "str", ("embedding_shift", "centroid", "soft_assignment", "dml_loss")),
+    "norm": ("linf", "str", ("linf", "l2")),
+    "eps": (None, "eps", None),  # None: 8/255 for linf, 0.5 for l2
+    "restarts": (1, "int", None),
+    "eot": (1, "int", None),
+}
+_OPTIMIZER_KEYS = {
+    "fgsm": {"random_start": (False, "bool", None)},
+    "pgd": {"alpha": (None, "pos", None), "steps": (20, "int", None), "random_start": (True, "bool", None)},
+    "mifgsm": {"alpha": (None, "pos", None), "steps": (10, "int", None), "decay": (1.0, "nonneg", None),
+               "random_start": (False, "bool", None)},
+    "cw": {"c": (1.0, "pos", None), "kappa": (None, "kappa", None), "steps": (50, "int", None),
+           "lr": (0.01, "pos", None)},
+    "noise": {},
+}
+_OPTIMIZER_NORMS = {"mifgsm": ("linf",), "cw": ("l2",)}
+_OBJECTIVE_KEYS = {
+    "embedding_shift": {},
+    "centroid": {"target": ("nearest", "str", ("nearest", "random")), "margin": (None, "kappa", None),
+                 "n_clusters": (None, "int", None)},
+    "soft_assignment": {"temperature": (0.05, "pos", None), "n_clusters": (None, "int", None)},
+    "dml_loss": {"loss_margin": (0.1, "nonneg", None), "loss_alpha": (32.0, "pos", None)},
+}
+
+HEADLINE = {
+    "name": "pgd_centroid_nearest", "optimizer": "pgd", "norm": "linf", "eps": 8 / 255, "alpha": 2 / 255,
+    "steps": 20, "objective": "centroid", "target": "nearest", "restarts": 1,
+}
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
+SWEEP_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
+
+
+class SpecError(ValueError):
+    """An attack spec with an unknown key or a bad value."""
+
+
+def allowed_keys(optimizer: str, objective: str) -> list[str]:
+    """The keys a spec with this optimiser and objective may hold."""
+    return [*_COMMON, *_OPTIMIZER_KEYS[optimizer], *_OBJECTIVE_KEYS[objective]]
+
+
+def validate_spec(spec: Mapping) -> dict:
+    """A complete, normalised copy of ``spec`` (defaults filled, eps as floats, ``name`` derived if absent)."""
+    if not isinstance(spec, Mapping):
+        raise SpecError(f"an attack spec must be a dict, got {type(spec).__name__}")
+    out = {"optimizer": _check("optimizer", spec.get("optimizer", "pgd"), *_COMMON["optimizer"][1:]),
+           "objective": _check("objective", spec.get("objective", "centroid"), *_COMMON["objective"][1:])}
+    table = {**_COMMON, **_OPTIMIZER_KEYS[out["optimizer"]], **_OBJECTIVE_KEYS[out["objective"]]}
+    unknown = sorted(set(spec) - set(table))
+    if unknown:
+        raise SpecError(
+            f"unknown attack spec key(s) {unknown} for optimizer {out['optimizer']!r} with objective "
+            f"{out['objective']!r}; allowed keys: {sorted(table)}"
+        )
+    for key, (default, kind, choices) in table.items():
+        if key in out:
+            continue
+        value = spec.get(key, default)
+        out[key] = value if value is None else _check(key, value, kind, choices)
+    norms = _OPTIMIZER_NORMS.get(out["optimizer"])
+    if norms and out["norm"] not in norms and "norm" not in spec:
+        out["norm"] = norms[0]
+    if norms and out["norm"] not in norms:
+        raise SpecError(f"key 'norm': optimizer {out['optimizer']!r} supports {list(norms)}, got {out['norm']!r}")
+    if out["eps"] is None:
+        out["eps"] = DEFAULT_EPS[out["norm"]]
+    for key in ("restarts", "eot", "steps"):
+        if key in out and out[key] < 1:
+            raise SpecError(f"key {key!r} must be an integer >= 1, got {out[key]}")
+    if out.get("n_clusters") is not None and out["n_clusters"] < 2:
+        raise SpecError(f"key 'n_clusters' must be an integer >= 2 or null, got {out['n_clusters']}")
+    if out["name"] is None:
+        out["name"] = default_name(out)
+    return out
+
+
+def default_name(spec: Mapping) -> str:
+    """``optimizer-norm-objective[-target]-eps<k>/255``, e.g. ``pgd-linf-centroid-nearest-eps8/255``."""
+    parts = [spec["optimizer"], spec["norm"], spec["objective"]]
+    if spec.get("target"):
+        parts.append(spec["target"])
+    return "-".join(parts) + f"-eps{format_eps(spec['eps'])}"
+
+
+def format_eps(eps: float) -> str:
+    """``8/255`` for multiples of 1/255 (to 1e-9), else the float."""
+    k = eps * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-9 else f"{eps:g}"
+
+
+def parse_eps(value, key: str = "eps") -> float:
+    """A float from ``0.03``, ``8/255`` or ``"8/255"``."""
+    if isinstance(value, str):
+        try:
+            value = float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError) as err:
+            raise SpecError(f"key {key!r}: cannot read {value!r} as a number such as 0.03 or '8/255'") from err
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise SpecError(f"key {key!r} must be a finite number >= 0 (e.g. 8/255 or '8/255'), got {value!r}")
+    return float(value)
+
+
+def eps_sweep(spec: Mapping, eps_values: Iterable = SWEEP_EPS) -> list[dict]:
+    """Copies of ``spec`` at each eps; a given ``alpha`` keeps its ratio to eps. Names get ``@eps``."""
+    base = validate_spec(spec)
+    out = []
+    for eps in eps_values:
+        eps = parse_eps(eps)
+        item = {**base, "eps": eps, "name": f"{base['name']}@{format_eps(eps)}"}
+        if base.get("alpha") is not None and base["eps"] > 0:
+            item["alpha"] = base["alpha"] * eps / base["eps"]
+        out.append(validate_spec(item))
+    return out
+
+
+def validate_suite(suite: Iterable[Mapping]) -> list[dict]:
+    """Validate every spec of a suite; names must be unique (they key the results)."""
+    specs = [validate_spec(s) for s in suite]
+    if not specs:
+        raise SpecError("an attack suite needs at least one spec")
+    names = [s["name"] for s in specs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SpecError(f"attack names must be unique within a suite; repeated: {duplicates} (set 'name')")
+    return specs
+
+
+def _check(key, value, kind, choices):
+    if kind == "eps":
+        return parse_eps(value)
+    if kind == "name":
+        if not isinstance(value, str) or not value:
+            raise SpecError(f"key 'name' must be a non-empty string, got {value!r}")
+        return value
+    if kind == "str":
+        if value not in choices:
+            raise SpecError(f"key {key!r} must be one of {list(choices)}, got {value!r}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise SpecError(f"key {key!r} must be true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SpecError(f"key {key!r} must be an integer, got {value!r}")
+        return value
+    if isinstance(value, str):
+        value = parse_eps(value, key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise SpecError(f"key {key!r} must be a number, got {value!r}")
+    if kind == "pos" and not (value > 0 and math.isfinite(value)):
+        raise SpecError(f"key {key!r} must be a finite number > 0, got {value!r}")
+    if kind == "nonneg" and not (value >= 0 and math.isfinite(value)):
+        raise SpecError(f"key {key!r} must be a finite number >= 0, got {value!r}")
+    return float(value)
