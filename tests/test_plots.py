@@ -1,0 +1,103 @@
+"""Figures and the eps-curve CSV from synthetic results: files written, PNGs of the expected pixel size."""
+
+import json
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_report import ARCHS, DEFENSES, SWEEP_EPS, write_synthetic_results
+
+from eatlib import plots, report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_size(path) -> tuple[int, int]:
+    """(width, height) from the PNG header."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def expected_size(figure) -> tuple[int, int]:
+    width, height = figure.get_size_inches() * plots.DPI
+    return round(width), round(height)
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = tmp_path / "results"
+    write_synthetic_results(root)
+    return root
+
+
+def test_eps_curves_have_one_row_per_defense_arch_eps_metric(results):
+    frame = plots.eps_curves(report.load_metrics(results))
+    assert list(frame.columns) == ["defense", "arch", "eps", "metric", "value"]
+    points = len(SWEEP_EPS) + 1    # the sweep plus eps = 0 from the clean scores
+    assert len(frame) == len(ARCHS) * len(DEFENSES) * points * len(plots.CURVE_METRICS)
+    assert not frame.duplicated(["defense", "arch", "eps", "metric"]).any()
+    assert sorted(frame["eps"].unique()) == pytest.approx([0.0, *SWEEP_EPS])
+
+
+def test_eps_curve_csv_round_trips_the_sweep_values(results):
+    path = plots.write_eps_curves_csv(results, results / "figures" / "eps_curves.csv", include_clean=False)
+    frame = pd.read_csv(path)
+    assert len(frame) == len(ARCHS) * len(DEFENSES) * len(SWEEP_EPS) * len(plots.CURVE_METRICS)
+    data = json.loads((results / "metrics" / "resnet" / "eat.json").read_text())
+    row = frame[(frame.defense == "eat") & (frame.arch == "resnet") & (frame.metric == "ari")
+                & np.isclose(frame.eps, 4 / 255)]
+    assert row["value"].item() == pytest.approx(data["sweep"]["metrics"][2]["ari"], rel=1e-12)
+
+
+def test_sweep_with_mismatched_lengths_names_the_file(results):
+    path = results / "metrics" / "mobilenet" / "pgd_at.json"
+    data = json.loads(path.read_text())
+    data["sweep"]["eps"] = data["sweep"]["eps"][:-1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(report.ResultsError, match=r"pgd_at\.json.*sweep\.eps"):
+        plots.eps_curves(report.load_metrics(results))
+
+
+def test_write_figures_writes_pngs_of_the_figure_size(results):
+    written = plots.write_figures(results)
+    assert sorted(p.name for p in written) == ["ablation.png", "eps_curves.csv", "robustness_eps.png"]
+    figure = plots.plot_robustness_curves(report.load_metrics(results))
+    assert png_size(results / "figures" / "robustness_eps.png") == expected_size(figure) == (1365, 870)
+    figure = plots.plot_ablation(report.load_ablation(results))
+    assert png_size(results / "figures" / "ablation.png") == expected_size(figure)
+    assert all(p.stat().st_size > 10_000 for p in written if p.suffix == ".png")
+
+
+def test_robustness_figure_has_a_panel_per_metric_and_arch_and_a_line_per_defense(results):
+    figure = plots.plot_robustness_curves(report.load_metrics(results), metrics=("ami", "ari", "nmi"))
+    axes = figure.axes
+    assert len(axes) == 3 * len(ARCHS)
+    assert all(len(ax.get_lines()) == len(DEFENSES) + 1 for ax in axes)   # + the headline-eps line
+    assert [text.get_text() for text in figure.legends[0].get_texts()][:3] == ["standard", "pgd_at", "eat"]
+
+
+def test_training_curves_png(tmp_path):
+    history = [{"epoch": e + 1, "loss": 3 / (e + 1), "val_nmi": 0.5 + 0.01 * e, "val_recall@1": 0.4 + 0.02 * e}
+               for e in range(10)]
+    path = tmp_path / "training.png"
+    figure = plots.plot_training_curves({"resnet / standard": history, "resnet / eat": history[:6]}, path)
+    assert png_size(path) == expected_size(figure)
+    assert len(figure.axes) == 3 and len(figure.axes[0].get_lines()) == 2
+    with pytest.raises(ValueError, match="none of the keys"):
+        plots.plot_training_curves({"x": [{"epoch": 1}]})
+
+
+def test_tsne_png_two_panels(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 15)
+    clean = rng.normal(size=(4, 16))[labels] + 0.1 * rng.normal(size=(60, 16))
+    adversarial = clean + 0.5 * rng.normal(size=clean.shape)
+    path = tmp_path / "tsne.png"
+    figure = plots.plot_tsne(clean, adversarial, labels, path, title="standard", max_iter=250)
+    assert png_size(path) == expected_size(figure) == (1350, 690)
+    assert [ax.get_title() for ax in figure.axes] == ["clean", "adversarial"]
+    assert all(len(ax.collections[0].get_offsets()) == 60 for ax in figure.axes)
+    with pytest.raises(ValueError, match="one shape"):
+        plots.plot_tsne(clean, adversarial[:10], labels)
