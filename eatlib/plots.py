@@ -32,6 +32,7 @@ from eatlib.report import (
     defense_order,
     load_ablation,
     load_metrics,
+    parse_eps,
     write_atomic,
 )
 
@@ -94,8 +95,12 @@ def _sweep_rows(run: RunResult, metrics: Sequence[str], include_clean: bool) -> 
     eps, scores = run.get("sweep", "eps"), run.get("sweep", "metrics")
     if len(eps) != len(scores):
         raise ResultsError(f"{run.path}: 'sweep.eps' has {len(eps)} values but 'sweep.metrics' has {len(scores)}")
+    try:
+        eps = [parse_eps(value) for value in eps]
+    except ValueError as error:
+        raise ResultsError(f"{run.path}: 'sweep.eps': {error}") from error
     points = [(0.0, run.get("clean"), "clean")] if include_clean and 0 not in eps else []
-    points += [(float(e), s, f"sweep.metrics[{i}]") for i, (e, s) in enumerate(zip(eps, scores, strict=True))]
+    points += [(e, s, f"sweep.metrics[{i}]") for i, (e, s) in enumerate(zip(eps, scores, strict=True))]
     rows = []
     for value_eps, values, where in points:
         for metric in metrics:
@@ -120,10 +125,24 @@ def eps_curves(runs: Sequence[RunResult], *, metrics: Sequence[str] = CURVE_METR
     return frame.reset_index(drop=True)
 
 
-def write_eps_curves_csv(results_dir: str | Path, path: str | Path, **options) -> Path:
-    """Write :func:`eps_curves` of ``results_dir/metrics`` as CSV (columns defense, arch, eps, metric, value),
-    for ``dvc plots`` and for anyone re-plotting; ``options`` go to :func:`eps_curves`."""
+def eps_curves_wide(curves: pd.DataFrame) -> pd.DataFrame:
+    """:func:`eps_curves` pivoted to one row per eps and one column per ``<arch>/<metric>/<defense>``: the layout
+    DVC's line template draws as one line per column (``y: {file: [resnet/ari/standard, resnet/ari/eat]}``)."""
+    wide = curves.assign(series=curves["arch"] + "/" + curves["metric"] + "/" + curves["defense"])
+    # Columns grouped by arch, then metric, then defense (the order eps_curves gives its defenses).
+    rank = {d: i for i, d in enumerate(dict.fromkeys(curves["defense"]))}
+    keys = wide.drop_duplicates("series").sort_values(["arch", "metric", "defense"], kind="stable",
+                                                       key=lambda c: c.map(rank) if c.name == "defense" else c)
+    order = list(keys["series"])
+    wide = wide.pivot_table(index="eps", columns="series", values="value", aggfunc="first")
+    return wide[order].reset_index().rename_axis(columns=None)
+
+
+def write_eps_curves_csv(results_dir: str | Path, path: str | Path, *, wide: bool = False, **options) -> Path:
+    """Write :func:`eps_curves` of ``results_dir/metrics`` as CSV: tidy (columns defense, arch, eps, metric,
+    value), or with ``wide`` as :func:`eps_curves_wide` for ``dvc plots``. ``options`` go to :func:`eps_curves`."""
     frame = eps_curves(load_metrics(results_dir), **options)
+    frame = eps_curves_wide(frame) if wide else frame
     return write_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
@@ -131,8 +150,10 @@ def _headline_eps(runs: Sequence[RunResult]) -> float | None:
     values = set()
     for run in runs:
         eps = run.get("attacks", run.get("headline"), "spec").get("eps")
-        if isinstance(eps, int | float):
-            values.add(float(eps))
+        try:
+            values.add(parse_eps(eps))
+        except (TypeError, ValueError):
+            continue   # no usable eps recorded: the plot just omits the headline marker
     return values.pop() if len(values) == 1 else None
 
 
@@ -335,13 +356,17 @@ def plot_ablation(runs: Sequence[RunResult], out_path: str | Path | None = None,
 # ------------------------------------------------------------------------------------------------------ everything
 
 def write_figures(results_dir: str | Path = "results", out_dir: str | Path | None = None) -> list[Path]:
-    """The figures that need only results JSON: ``robustness_eps.png`` and ``eps_curves.csv`` (from the metrics
-    sweeps) and, when ``results_dir/ablation`` holds variants, ``ablation.png``; into ``out_dir`` (default
-    ``results_dir/figures``). t-SNE and training curves need embeddings / checkpoints: see :func:`plot_tsne`,
-    :func:`plot_training_curves` and :func:`load_history`."""
+    """The figures that need only results JSON, into ``out_dir`` (default ``results_dir/figures``):
+    ``robustness_eps.png``, ``eps_curves.csv`` (tidy) and ``eps_curves_wide.csv`` (for ``dvc plots``), all from
+    the metrics sweeps, and ``ablation.png`` when ``results_dir/ablation`` holds variants. t-SNE and training
+    curves need embeddings / checkpoints: see :func:`plot_tsne`, :func:`plot_training_curves`, :func:`load_history`."""
     out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
     runs = load_metrics(results_dir)
-    written = [write_atomic(out_dir / "eps_curves.csv", eps_curves(runs).to_csv(index=False, lineterminator="\n"))]
+    curves = eps_curves(runs)
+    written = [
+        write_atomic(out_dir / "eps_curves.csv", curves.to_csv(index=False, lineterminator="\n")),
+        write_atomic(out_dir / "eps_curves_wide.csv", eps_curves_wide(curves).to_csv(index=False, lineterminator="\n")),
+    ]
     plot_robustness_curves(runs, out_dir / "robustness_eps.png")
     written.append(out_dir / "robustness_eps.png")
     ablation = load_ablation(results_dir)

@@ -175,6 +175,16 @@ def _run_row(run: RunResult) -> dict[tuple, float]:
     return row
 
 
+def parse_eps(value) -> float:
+    """An eps as written in results or params: a number or a fraction string such as ``"8/255"``."""
+    if isinstance(value, str):
+        try:
+            return float(Fraction(value.replace(" ", "")))
+        except (ValueError, ZeroDivisionError) as error:
+            raise ValueError(f"eps {value!r} is neither a number nor a fraction like '8/255'") from error
+    return float(value)
+
+
 def _format_eps(eps) -> str:
     if isinstance(eps, str):
         return eps

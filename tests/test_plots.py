@@ -62,7 +62,8 @@ def test_sweep_with_mismatched_lengths_names_the_file(results):
 
 def test_write_figures_writes_pngs_of_the_figure_size(results):
     written = plots.write_figures(results)
-    assert sorted(p.name for p in written) == ["ablation.png", "eps_curves.csv", "robustness_eps.png"]
+    assert sorted(p.name for p in written) == ["ablation.png", "eps_curves.csv", "eps_curves_wide.csv",
+                                              "robustness_eps.png"]
     figure = plots.plot_robustness_curves(report.load_metrics(results))
     assert png_size(results / "figures" / "robustness_eps.png") == expected_size(figure) == (1365, 870)
     figure = plots.plot_ablation(report.load_ablation(results))
@@ -101,3 +102,22 @@ def test_tsne_png_two_panels(tmp_path):
     assert all(len(ax.collections[0].get_offsets()) == 60 for ax in figure.axes)
     with pytest.raises(ValueError, match="one shape"):
         plots.plot_tsne(clean, adversarial[:10], labels)
+
+
+def test_wide_eps_curves_have_one_column_per_arch_metric_defense(results):
+    curves = plots.eps_curves(report.load_metrics(results), metrics=("ami", "ari"))
+    wide = plots.eps_curves_wide(curves)
+    assert list(wide.columns[:4]) == ["eps", "mobilenet/ami/standard", "mobilenet/ami/pgd_at", "mobilenet/ami/eat"]
+    assert len(wide.columns) == 1 + len(ARCHS) * 2 * len(DEFENSES)
+    assert wide["eps"].tolist() == pytest.approx([0.0, *SWEEP_EPS])
+    data = json.loads((results / "metrics" / "resnet" / "pgd_at.json").read_text())
+    assert wide["resnet/ari/pgd_at"].tolist()[1:] == pytest.approx([m["ari"] for m in data["sweep"]["metrics"]])
+
+
+def test_sweep_eps_may_be_fraction_strings(results):
+    path = results / "metrics" / "resnet" / "eat.json"
+    data = json.loads(path.read_text())
+    data["sweep"]["eps"] = ["1/255", "2/255", "4/255", "8/255"]
+    path.write_text(json.dumps(data))
+    curves = plots.eps_curves(report.load_metrics(results))
+    assert sorted(curves.loc[curves.defense == "eat", "eps"].unique()) == pytest.approx([0.0, *SWEEP_EPS])
