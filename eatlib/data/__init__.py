@@ -1,8 +1,10 @@
 """Datasets: a registry of loaders that all return `DataSplits` (train / val / test `ImageDataset`s).
 
+- "glyphs": the embedded default (letters rendered from matplotlib's DejaVu fonts; no download).
 - "cub200", "cars196", "inshop", "sop": the paper datasets, read from `<root>/<name>/` in their official layouts.
 
-`load_splits(name, root, ...)` is the one entry point; `ClassBalancedBatchSampler` makes P x m batches.
+`load_splits(name, root, ...)` is the one entry point; `ClassBalancedBatchSampler` makes P x m batches;
+`contact_sheet` draws a grid of examples.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from collections.abc import Callable
 
 from .base import DataSplits, FileImageDataset, ImageDataset, TensorImageDataset
 from .cars196 import load_cars196
+from .contact_sheet import contact_sheet
 from .cub200 import load_cub200
+from .glyphs import GlyphOptions, GlyphsFileMismatchError, generate_glyphs, load_glyphs, prepare_glyphs
 from .inshop import load_inshop
 from .layout import DatasetLayoutError
 from .sampler import ClassBalancedBatchSampler
@@ -20,6 +24,7 @@ from .sop import load_sop
 from .transforms import build_transform
 
 DATASETS: dict[str, Callable[..., DataSplits]] = {
+    "glyphs": load_glyphs,
     "cub200": load_cub200,
     "cars196": load_cars196,
     "inshop": load_inshop,
@@ -38,9 +43,10 @@ def load_splits(
 ) -> DataSplits:
     """Load dataset `name` as DataSplits.
 
-    root: the data folder (the paper datasets live in `<root>/<name>/`). seed: the choice of validation
-    classes. val_fraction: share of the training classes moved to `val`. options: dataset-specific (paper
-    datasets: protocol, augment); an unknown option is an error listing the allowed ones.
+    root: the data folder (glyphs: `<root>/glyphs.npz` if prepared, else generated in memory; paper datasets:
+    `<root>/<name>/`). seed: glyphs generation and the choice of validation classes. val_fraction: share of the
+    training classes moved to `val`. options: dataset-specific (glyphs: GlyphOptions fields; paper datasets:
+    protocol, augment); an unknown option is an error listing the allowed ones.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; available: {sorted(DATASETS)}")
@@ -53,8 +59,13 @@ __all__ = [
     "DataSplits",
     "DatasetLayoutError",
     "FileImageDataset",
+    "GlyphOptions",
+    "GlyphsFileMismatchError",
     "ImageDataset",
     "TensorImageDataset",
     "build_transform",
+    "contact_sheet",
+    "generate_glyphs",
     "load_splits",
+    "prepare_glyphs",
 ]
