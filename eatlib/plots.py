@@ -211,7 +211,7 @@ def plot_robustness_curves(runs: Sequence[RunResult], out_path: str | Path | Non
 # ------------------------------------------------------------------------------------------------ training curves
 
 def load_history(model_path: str | Path) -> list[dict]:
-    """The per-epoch ``history`` stored in a model checkpoint (``results/models/<arch>/<defense>/model.pt``)."""
+    """The per-epoch ``history`` stored in a model checkpoint written by ``eatlib.train`` (``save_model``/``fit``)."""
     from eatlib import checkpoint  # imports torch; only this function needs it
 
     state = checkpoint.load(model_path)

@@ -151,7 +151,7 @@ def _member_rows(run: RunResult) -> dict[str, dict[tuple, float]]:
         raise ResultsError(f"{run.path}: 'members' must be an object keyed by member index (\"0\", \"1\", ...)")
     headline = run.get("headline")
     rows = {}
-    for index in sorted(members, key=lambda k: int(k) if str(k).isdigit() else str(k)):
+    for index in sorted(members, key=lambda k: (0, int(k), "") if str(k).isdigit() else (1, 0, str(k))):
         entry = members[index]
         base = ("members", str(index))
         robust_path = (*base, "attacks", headline) if "attacks" in entry else (*base, "headline")

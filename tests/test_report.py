@@ -219,3 +219,20 @@ def test_csv_table_is_plain_pandas_csv(results):
     flat = pd.read_csv(root / "tables" / "main.csv")
     assert flat.columns[0] == "defense"
     assert "resnet.robust.recall@1" in flat.columns
+
+
+def test_members_may_give_the_headline_scores_under_attacks(results):
+    root, written = results
+    path = root / "metrics" / "resnet" / "eat.json"
+    data = json.loads(path.read_text())
+    member = data["members"]["1"]
+    data["members"]["1"] = {"clean": member["clean"], "attacks": {"pgd20_centroid": member["headline"]},
+                            "cost": {"train_seconds": 120.0, "forward_backward_images": 2_000_000}}
+    path.write_text(json.dumps(data))
+    row = report.main_table(report.load_metrics(root)).loc["eat (member 2)"]
+    assert row[("resnet", "robust", "ami")] == pytest.approx(member["headline"]["ami"])
+    assert row[("resnet", "cost", "train_minutes")] == pytest.approx(2.0)
+    del data["members"]["1"]["attacks"]["pgd20_centroid"]["f1"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(report.ResultsError, match=r"eat\.json.*'members\.1\.attacks\.pgd20_centroid\.f1'"):
+        report.main_table(report.load_metrics(root))
