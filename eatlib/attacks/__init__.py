@@ -68,13 +68,15 @@ def build_attack(
     labels=None,
     objective: Objective | None = None,
     seed: int = 0,
+    amp: bool = False,
 ) -> Attack:
     """The attack a spec names, on ``model``.
 
     The objective is built from the spec and, when ``clean_embeddings [N, D]`` (and ``labels [N]``) of the whole
     attacked set are given, prepared on them; otherwise prepare ``attack.objective`` yourself before calling the
     attack. Pass ``objective=`` to use an objective object of your own (the spec's objective keys are then not
-    used). ``seed`` seeds the random starts, the objective's k-means and its random targets.
+    used). ``seed`` seeds the random starts, the objective's k-means and its random targets. ``amp``: bf16
+    autocast of the model on CUDA (an execution setting, not part of the spec).
     """
     spec = validate_spec(spec)
     if objective is None:
@@ -82,7 +84,7 @@ def build_attack(
     if clean_embeddings is not None:
         objective.prepare(clean_embeddings, labels)
     common = {"eps": spec["eps"], "norm": spec["norm"], "restarts": spec["restarts"], "eot_samples": spec["eot"],
-              "seed": seed}
+              "seed": seed, "amp": amp}
     name = spec["optimizer"]
     if name == "pgd":
         return PGD(model, objective, alpha=spec["alpha"], steps=spec["steps"], random_start=spec["random_start"],

@@ -29,7 +29,8 @@ class Attack:
     ``restarts`` runs the optimiser that many times from fresh random starts and keeps, per sample, the
     perturbation with the best objective. ``eot_samples`` averages values and gradients over that many passes
     of a randomised model. ``seed`` seeds the random starts (one generator per attack, so a sequence of
-    batches is reproducible).
+    batches is reproducible). ``amp`` runs the model's forward and backward under bf16 autocast, on CUDA only
+    (about twice the speed on recent GPUs; sign steps barely notice bf16 gradients).
     """
 
     norms: tuple[str, ...] = NORMS
@@ -44,6 +45,7 @@ class Attack:
         restarts: int = 1,
         eot_samples: int = 1,
         seed: int = 0,
+        amp: bool = False,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -58,6 +60,7 @@ class Attack:
         self.model, self.objective = model, objective
         self.eps, self.norm = float(eps), norm
         self.restarts, self.eot_samples, self.seed = int(restarts), int(eot_samples), int(seed)
+        self.amp = bool(amp)
         self._generator: torch.Generator | None = None
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -91,10 +94,11 @@ class Attack:
 
     def value(self, images: torch.Tensor, objective: BatchObjective) -> torch.Tensor:
         """The objective ``[B]`` at ``images`` (EOT-averaged)."""
-        return expected_value(self.model, objective, images, samples=self.eot_samples)
+        return expected_value(self.model, objective, images, samples=self.eot_samples, amp=self.amp)
 
     def value_and_grad(self, images: torch.Tensor, objective: BatchObjective):
-        return value_and_grad(self.model, objective, images, samples=self.eot_samples)
+        """Objective ``[B]`` and its input gradient at ``images`` (EOT-averaged)."""
+        return value_and_grad(self.model, objective, images, samples=self.eot_samples, amp=self.amp)
 
     def generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:

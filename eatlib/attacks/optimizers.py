@@ -1,15 +1,19 @@
 """The optimisers: FGSM, PGD (L-inf and L2), MI-FGSM, C&W-L2, and uniform noise as the no-gradient baseline.
 
 Each maximises a prepared objective (see :mod:`eatlib.attacks.objectives`) over the budget; see
-:class:`eatlib.attacks.base.Attack` for the call convention, restarts and EOT.
+:class:`eatlib.attacks.base.Attack` for the call convention and the options every optimiser takes
+(``restarts``, ``eot_samples``, ``seed``, ``amp``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
 
 from eatlib.attacks.base import Attack, _flat_norm
+from eatlib.attacks.eot import forward_embeddings
 from eatlib.attacks.objectives import BatchObjective, Objective
 
 
@@ -25,8 +29,8 @@ class FGSM(Attack):
     for ``norm="l2"``); ``random_start`` steps from a uniform random point of the ball instead (Wong et al., 2020)."""
 
     def __init__(self, model: nn.Module, objective: Objective, *, eps: float = 8 / 255, norm: str = "linf",
-                 random_start: bool = False, restarts: int = 1, eot_samples: int = 1, seed: int = 0):
-        super().__init__(model, objective, eps=eps, norm=norm, restarts=restarts, eot_samples=eot_samples, seed=seed)
+                 random_start: bool = False, **options):
+        super().__init__(model, objective, eps=eps, norm=norm, **options)
         self.random_start = bool(random_start)
 
     def _perturb(self, images, objective):
@@ -41,13 +45,12 @@ class PGD(Attack):
     random point of the ball when ``random_start``. ``alpha`` defaults to ``eps / 4``."""
 
     def __init__(self, model: nn.Module, objective: Objective, *, eps: float = 8 / 255, alpha: float | None = None,
-                 steps: int = 20, norm: str = "linf", random_start: bool = True, restarts: int = 1,
-                 eot_samples: int = 1, seed: int = 0):
-        super().__init__(model, objective, eps=eps, norm=norm, restarts=restarts, eot_samples=eot_samples, seed=seed)
+                 steps: int = 20, norm: str = "linf", random_start: bool = True, **options):
+        super().__init__(model, objective, eps=eps, norm=norm, **options)
         if int(steps) < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         self.alpha = float(alpha) if alpha is not None else self.eps / 4
-        if not self.alpha > 0:
+        if not (self.alpha > 0 or self.eps == 0 and self.alpha == 0):
             raise ValueError(f"alpha must be > 0, got {alpha}")
         self.steps, self.random_start = int(steps), bool(random_start)
 
@@ -70,9 +73,8 @@ class MIFGSM(Attack):
     norms = ("linf",)
 
     def __init__(self, model: nn.Module, objective: Objective, *, eps: float = 8 / 255, alpha: float | None = None,
-                 steps: int = 10, decay: float = 1.0, norm: str = "linf", random_start: bool = False,
-                 restarts: int = 1, eot_samples: int = 1, seed: int = 0):
-        super().__init__(model, objective, eps=eps, norm=norm, restarts=restarts, eot_samples=eot_samples, seed=seed)
+                 steps: int = 10, decay: float = 1.0, norm: str = "linf", random_start: bool = False, **options):
+        super().__init__(model, objective, eps=eps, norm=norm, **options)
         if int(steps) < 1 or not decay >= 0:
             raise ValueError(f"steps must be >= 1 and decay >= 0, got {steps} and {decay}")
         self.steps, self.decay, self.random_start = int(steps), float(decay), bool(random_start)
@@ -99,16 +101,14 @@ class CW(Attack):
     Minimises ``|delta|_2^2 - c * min(value, kappa)`` over ``w`` with ``x = (tanh(w) + 1) / 2`` (so x stays in
     [0,1]) by Adam with learning rate ``lr`` for ``steps`` steps. Keeps, per sample, the iterate with the best
     ``c * min(value, kappa) - |delta|^2`` among those inside the L2 ball of radius ``eps`` (``eps=None``: no
-    hard budget); the clean image (delta = 0) is the fallback, so the output is always within budget.
+    hard budget); the clean image is the fallback, so the output is always within budget.
     """
 
     norms = ("l2",)
 
     def __init__(self, model: nn.Module, objective: Objective, *, eps: float | None = None, c: float = 1.0,
-                 kappa: float = float("inf"), steps: int = 50, lr: float = 0.01, norm: str = "l2",
-                 restarts: int = 1, eot_samples: int = 1, seed: int = 0):
-        super().__init__(model, objective, eps=float("inf") if eps is None else eps, norm=norm, restarts=restarts,
-                         eot_samples=eot_samples, seed=seed)
+                 kappa: float = float("inf"), steps: int = 50, lr: float = 0.01, norm: str = "l2", **options):
+        super().__init__(model, objective, eps=float("inf") if eps is None else eps, norm=norm, **options)
         if int(steps) < 1 or not c > 0 or not lr > 0:
             raise ValueError(f"steps must be >= 1, c > 0 and lr > 0; got {steps}, {c}, {lr}")
         self.c, self.kappa, self.steps, self.lr = float(c), float(kappa), int(steps), float(lr)
@@ -120,16 +120,16 @@ class CW(Attack):
         w = torch.atanh(images.mul(2).sub_(1).clamp_(-1 + 1e-6, 1 - 1e-6)).requires_grad_(True)
         optimizer = torch.optim.Adam([w], lr=self.lr)
         best = images.clone()
-        best_score = torch.zeros(len(images), device=images.device, dtype=images.dtype)
+        best_score = torch.full((len(images),), -math.inf, device=images.device, dtype=images.dtype)
         for _ in range(self.steps):
-            adversarial = (torch.tanh(w) + 1) / 2
-            value = objective(self.model(adversarial))
-            for _ in range(self.eot_samples - 1):
-                value = value + objective(self.model(adversarial))
-            value = value / self.eot_samples
-            sq_dist = (adversarial - images).flatten(1).pow(2).sum(1)
-            score = self.c * value.clamp(max=self.kappa) - sq_dist
-            (w.grad,) = torch.autograd.grad(-score.sum(), w)
+            with torch.enable_grad():
+                adversarial = (torch.tanh(w) + 1) / 2
+                passes = range(self.eot_samples)
+                value = sum(objective(forward_embeddings(self.model, adversarial, self.amp)) for _ in passes)
+                value = value / self.eot_samples
+                sq_dist = (adversarial - images).flatten(1).pow(2).sum(1)
+                score = self.c * value.clamp(max=self.kappa) - sq_dist
+                (w.grad,) = torch.autograd.grad(-score.sum(), w)
             optimizer.step()
             with torch.no_grad():
                 keep = (score > best_score) & (sq_dist <= self.eps**2)
@@ -142,8 +142,8 @@ class UniformNoise(Attack):
     """No gradient: a uniform draw from the budget ball (the control that separates an attack from noise)."""
 
     def __init__(self, model: nn.Module, objective: Objective, *, eps: float = 8 / 255, norm: str = "linf",
-                 restarts: int = 1, eot_samples: int = 1, seed: int = 0):
-        super().__init__(model, objective, eps=eps, norm=norm, restarts=restarts, eot_samples=eot_samples, seed=seed)
+                 **options):
+        super().__init__(model, objective, eps=eps, norm=norm, **options)
 
     def _perturb(self, images: torch.Tensor, objective: BatchObjective) -> torch.Tensor:
         return self.random_point(images)
