@@ -16,18 +16,24 @@ from collections.abc import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
 from torch import nn
 
 BatchObjective = Callable[[torch.Tensor], torch.Tensor]
 
 
 def kmeans_centres(embeddings: torch.Tensor, n_clusters: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded k-means on ``embeddings [N, D]``: ``(centres [K, D] float32, assignments [N] int64)``."""
+    """The clean clustering the deployed system computes: ``eatlib.metrics.kmeans_assign`` (the same seeded
+    k-means as the clean evaluation), and its centres as cluster means. Returns ``(centres [K, D] float32,
+    assignments [N] int64)``."""
+    from eatlib.metrics import kmeans_assign
+
     if not 2 <= n_clusters <= len(embeddings):
         raise ValueError(f"n_clusters must be in [2, {len(embeddings)}] (the number of embeddings), got {n_clusters}")
-    km = KMeans(n_clusters=n_clusters, n_init=1, random_state=seed).fit(embeddings.detach().cpu().double().numpy())
-    return torch.as_tensor(km.cluster_centers_, dtype=torch.float32), torch.as_tensor(km.labels_, dtype=torch.long)
+    x = F.normalize(embeddings.detach().cpu().float(), dim=1)
+    assignment = torch.as_tensor(kmeans_assign(x, n_clusters, seed=seed), dtype=torch.long)
+    sums = torch.zeros(n_clusters, x.shape[1], dtype=torch.float64).index_add_(0, assignment, x.double())
+    counts = torch.bincount(assignment, minlength=n_clusters).clamp_min(1).unsqueeze(1)
+    return (sums / counts).float(), assignment
 
 
 class Objective:
