@@ -214,3 +214,119 @@ def load_yaml(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Clean evaluation: one seeded k-means (k = number of test classes) and cosine neighbours."""
+
+    batch_size: int = 256
+    recall_ks: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+
+    def __post_init__(self):
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(all(k >= 1 for k in self.recall_ks) and self.recall_ks, "recall_ks", self.recall_ks, "integers >= 1")
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """The robustness evaluation: a headline attack, a suite for the worst case, and an eps sweep."""
+
+    headline: dict[str, Any]  # an attack spec (eatlib.attacks.spec); heads every table
+    suite: list[dict[str, Any]] = field(default_factory=list)  # worst case = min over headline + suite
+    sweep_eps: list[float] = field(default_factory=lambda: [1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255])
+    subset: int | None = None  # attack a seeded random subset of this many test images; null = all of them
+    batch_size: int = 250
+    eot_samples: int = 8  # gradient samples per step against randomised inference defenses (EOT)
+
+    def __post_init__(self):
+        from eatlib.attacks import SpecError, validate_spec
+
+        specs = []
+        for key, spec in [("headline", self.headline), *((f"suite[{i}]", s) for i, s in enumerate(self.suite))]:
+            try:
+                specs.append(validate_spec(spec))
+            except SpecError as error:
+                raise ConfigError(f"{key}: {error}") from None
+        names = [spec["name"] for spec in specs]
+        _check(len(set(names)) == len(names), "suite", names, "attacks with distinct names")
+        _check(all(0 < e for e in self.sweep_eps), "sweep_eps", self.sweep_eps, "budgets > 0")
+        _check(self.subset is None or self.subset >= 2, "subset", self.subset, "null (all) or >= 2 images")
+        _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
+        _check(self.eot_samples >= 1, "eot_samples", self.eot_samples, ">= 1")
+
+    def specs(self) -> list[dict]:
+        """Headline first, then the suite, validated (defaults filled in)."""
+        from eatlib.attacks import validate_spec
+
+        return [validate_spec(spec) for spec in [self.headline, *self.suite]]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """What the DVC pipeline runs: its train and attack stages are a matrix over these lists."""
+
+    archs: list[str]
+    trained_defenses: list[str] = field(default_factory=lambda: ["standard"])
+    inference_defenses: list[str] = field(default_factory=list)  # wrap the trained `standard` model
+
+    def __post_init__(self):
+        from eatlib.defenses import INFERENCE_DEFENSES, TRAINING_DEFENSES
+
+        _check("standard" in self.trained_defenses, "trained_defenses", self.trained_defenses,
+               "a list that includes 'standard' (the undefended baseline every table compares against)")
+        for key, names, registry in (("trained_defenses", self.trained_defenses, TRAINING_DEFENSES),
+                                     ("inference_defenses", self.inference_defenses, INFERENCE_DEFENSES)):
+            unknown = [n for n in names if n not in registry]
+            _check(not unknown, key, unknown, f"names from {sorted(registry)}")
+
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of params.yaml."""
+
+    data: DataConfig
+    models: dict[str, ModelConfig]  # the architecture families compared (key = short name used in paths)
+    pipeline: PipelineConfig
+    attacks: AttackConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    defenses: dict[str, Any] = field(default_factory=dict)  # one subsection of options per defense
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self):
+        from eatlib.defenses import INFERENCE_DEFENSES, TRAINING_DEFENSES, parse_options
+
+        _check(self.device in DEVICES or self.device.startswith("cuda:"), "device", self.device, f"{DEVICES}")
+        _check(bool(self.models), "models", self.models, "at least one architecture")
+        missing = [a for a in self.pipeline.archs if a not in self.models]
+        _check(not missing, "pipeline.archs", missing, f"keys of models: {sorted(self.models)}")
+        # Validate every defense's options now, so a typo fails before hours of training.
+        parsed = {}
+        for name, options in self.defenses.items():
+            registry = TRAINING_DEFENSES if name in TRAINING_DEFENSES else INFERENCE_DEFENSES
+            parsed[name] = parse_options(name, options, registry)
+        object.__setattr__(self, "defenses", parsed)
+
+    def defense_options(self, name: str) -> Any:
+        """The validated options of defense ``name`` (its defaults when params.yaml has no subsection for it)."""
+        from eatlib.defenses import INFERENCE_DEFENSES, TRAINING_DEFENSES, parse_options
+
+        if name in self.defenses:
+            return self.defenses[name]
+        registry = TRAINING_DEFENSES if name in TRAINING_DEFENSES else INFERENCE_DEFENSES
+        return parse_options(name, None, registry)
+
+    def model(self, name: str) -> ModelConfig:
+        if name not in self.models:
+            raise ConfigError(f"models: no architecture named {name!r}; defined: {sorted(self.models)}")
+        return self.models[name]
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    return from_dict(Params, load_yaml(path))

@@ -155,12 +155,14 @@ def fit(
     resume: bool = True,
     progress: bool = True,
     meta: dict | None = None,
+    final_path: str | Path | None = None,
 ) -> list[dict]:
     """Train ``model`` (and the proxies inside ``criterion``) in place; return the per-epoch history.
 
-    Writes ``out_dir/checkpoint.pt`` after every epoch (everything needed to resume) and ``out_dir/model.pt``
-    (weights, configs and history) at the end. With ``resume`` an existing checkpoint made with the same
-    configuration is continued; one made with a different configuration is an error, not silently mixed.
+    Writes ``out_dir/checkpoint.pt`` after every epoch (everything needed to resume) and the deployable
+    ``final_path`` (default ``out_dir/model.pt``: weights, configs and history) at the end. With ``resume`` an
+    existing checkpoint made with the same configuration is continued; one made with a different configuration
+    is an error, not silently mixed.
     ``meta`` (plain data: model config, defense options, ...) is stored in both files and must match on resume.
     Model and criterion must already be on the training device.
     """
@@ -239,7 +241,7 @@ def fit(
             )
     finally:
         counter.close()
-    save_model(model, out_dir / FINAL, meta=meta, history=history)
+    save_model(model, final_path or out_dir / FINAL, meta=meta, history=history)
     return history
 
 

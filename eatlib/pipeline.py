@@ -1,0 +1,235 @@
+"""The glue the pipeline's stages (notebooks, ``eat`` CLI) call: build everything a run needs from ``Params``.
+
+Kept apart from the loops so that a notebook, the CLI and ``torchrun`` run literally the same code.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eatlib import checkpoint
+from eatlib.config import Params, to_dict
+from eatlib.data import DataSplits, load_splits
+from eatlib.evaluate import embed
+from eatlib.metrics import embedding_metrics
+from eatlib.models import build_model
+from eatlib.train import fit, load_model, resolve_device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_data(params: Params) -> DataSplits:
+    data = params.data
+    return load_splits(
+        data.name,
+        data.dataset_root(),
+        image_size=data.image_size,
+        seed=params.seed,
+        val_fraction=data.val_fraction,
+        **data.options,
+    )
+
+
+def prepare_data(params: Params, figures_dir: str | Path = "results/figures") -> dict:
+    """The data stage: prepare generated datasets, verify downloaded ones, draw a contact sheet, count."""
+    from eatlib.data import contact_sheet, prepare_glyphs
+
+    started = time.perf_counter()
+    data = params.data
+    if data.name == "glyphs":
+        prepare_glyphs(Path(data.prepared) / "glyphs.npz", image_size=data.image_size, seed=params.seed,
+                       **data.options)
+    splits = load_data(params)  # reading every split verifies a downloaded layout
+    contact_sheet(splits.test, Path(figures_dir) / "contact_sheet.png", title=f"{data.name}: test classes")
+    counts = {name: {"images": len(split), "classes": int(split.num_classes)}
+              for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
+    summary = {"dataset": data.name, "image_size": data.image_size, "splits": counts,
+               "seconds": time.perf_counter() - started}
+    checkpoint.write_json(summary, Path(data.prepared) / "summary.json")
+    return summary
+
+
+def build_network(params: Params, arch: str):
+    cfg = params.model(arch)
+    return build_model(
+        cfg.arch,
+        embedding_dim=cfg.embedding_dim,
+        image_size=params.data.image_size,
+        pretrained=cfg.pretrained,
+        **cfg.options,
+    )
+
+
+def model_path(arch: str, defense: str, results: str | Path = "results") -> Path:
+    """Where the train stage puts a trained model."""
+    return Path(results) / "models" / arch / f"{defense}.pt"
+
+
+def train(params: Params, arch: str, defense: str = "standard", *, out_path: str | Path | None = None,
+          run_dir: str | Path | None = None, splits: DataSplits | None = None, progress: bool = True) -> list[dict]:
+    """Train ``defense`` (a training defense) on architecture family ``arch``.
+
+    The final model goes to ``out_path`` (default ``results/models/<arch>/<defense>.pt``); per-epoch checkpoints
+    go to ``run_dir`` (default ``runs/<arch>/<defense>``, outside the DVC outputs), so an interrupted stage
+    resumes where it stopped.
+    """
+    from eatlib.defenses import build_training
+
+    splits = splits or load_data(params)
+    device = resolve_device(params.device)
+    seed_everything(params.seed)
+    setup = build_training(
+        defense,
+        params.defense_options(defense),
+        make_member=lambda: build_network(params, arch),
+        num_classes=splits.train.num_classes,
+        num_samples=len(splits.train),
+        loss_cfg=params.train.loss,
+        seed=params.seed,
+    )
+    meta = {"arch": arch, "model": to_dict(params.model(arch)), "data": to_dict(params.data), **setup.meta}
+    return fit(setup.model.to(device), setup.criterion.to(device), splits.train, splits.val, params.train,
+               out_dir=run_dir or Path("runs") / arch / defense, seed=params.seed, step=setup.step,
+               progress=progress, meta=meta, final_path=out_path or model_path(arch, defense))
+
+
+def evaluate_clean(params: Params, model_path: str | Path, *, splits: DataSplits | None = None) -> dict:
+    """Clean clustering and retrieval scores of a saved model on the test classes."""
+    splits = splits or load_data(params)
+    model = load_model(model_path, resolve_device(params.device))
+    started = time.perf_counter()
+    embeddings, labels = embed(model, splits.test, batch_size=params.evaluation.batch_size)
+    scores = embedding_metrics(embeddings, labels, seed=params.seed, ks=tuple(params.evaluation.recall_ks))
+    return {"clean": scores, "test_images": len(labels), "test_classes": int(len(np.unique(labels))),
+            "seconds": time.perf_counter() - started, "model": str(model_path),
+            "model_meta": checkpoint.load(model_path)["meta"]}
+
+
+def load_defended_model(params: Params, arch: str, defense: str, splits: DataSplits,
+                        results: str | Path = "results"):
+    """The deployed model of ``defense``: a trained model, or an inference defense wrapped around ``standard``."""
+    from eatlib.defenses import INFERENCE_DEFENSES, build_inference
+
+    device = resolve_device(params.device)
+    if defense not in INFERENCE_DEFENSES:
+        return load_model(model_path(arch, defense, results), device)
+    base = load_model(model_path(arch, "standard", results), device)
+    references = splits.train.images if hasattr(splits.train, "images") else None
+    context = {"references": references} if defense == "mixup_inference" else {}
+    return build_inference(defense, base, params.defense_options(defense), **context).to(device).eval()
+
+
+def training_cost(path: str | Path) -> dict:
+    """Wall time and forward-backward images of a training run, from its saved history."""
+    history = checkpoint.load(path)["history"]
+    return {"train_seconds": float(sum(h["seconds"] for h in history)),
+            "forward_backward_images": int(sum(h["forward_backward_images"] for h in history)),
+            "epochs": len(history)}
+
+
+def attack(params: Params, arch: str, defense: str, *, splits: DataSplits | None = None,
+           results: str | Path = "results", progress: bool = True) -> dict:
+    """The attack stage: clean scores, the attack suite (worst case), the eps sweep of the headline attack,
+    and, for ensembles, each member alone. Returns the ``results/metrics/<arch>/<defense>.json`` document."""
+    from eatlib.attacks import eps_sweep
+    from eatlib.evaluate import evaluate_robustness
+
+    started = time.perf_counter()
+    splits = splits or load_data(params)
+    model = load_defended_model(params, arch, defense, splits, results)
+    cfg = params.attacks
+    randomized = bool(getattr(model, "randomized", False))
+    # Randomised defenses are attacked with EOT; without it their robustness is an illusion.
+    specs = [{**spec, "eot": cfg.eot_samples} if randomized else spec for spec in cfg.specs()]
+    headline = specs[0]
+    common = {"seed": params.seed, "subset": cfg.subset, "batch_size": cfg.batch_size, "progress": progress}
+    robustness = evaluate_robustness(model, splits.test, specs, **common)
+    sweep_specs = eps_sweep(headline, cfg.sweep_eps)
+    sweep = evaluate_robustness(model, splits.test, sweep_specs, **common)
+    trained = defense if model_path(arch, defense, results).exists() else "standard"
+    document = {
+        "arch": arch,
+        "defense": defense,
+        "clean": robustness["clean"],
+        "attacks": robustness["attacks"],
+        "worst": robustness["worst"],
+        "worst_attack": robustness["worst_attack"],
+        "headline": headline["name"],
+        "sweep": {"attack": headline["name"], "eps": list(cfg.sweep_eps),
+                  "metrics": [_scores(sweep["attacks"][s["name"]]) for s in sweep_specs]},
+        "cost": training_cost(model_path(arch, trained, results)),
+        "subset": {"images": (robustness["subset"] or {"size": len(splits.test)})["size"],
+                   "classes": int(splits.test.num_classes), "seed": params.seed},
+        "randomized": randomized,
+        "timing": robustness["timing"],
+        "config": {"model": to_dict(params.model(arch)), "attacks": to_dict(cfg),
+                   "defense_options": to_dict(params.defense_options(defense))},
+    }
+    members = getattr(model, "members", None)
+    if members is not None and len(members) > 1:
+        document["members"] = {}
+        for i, member in enumerate(members):
+            alone = evaluate_robustness(member, splits.test, [headline], **common)
+            headline_scores = _scores(alone["attacks"][headline["name"]])
+            document["members"][str(i)] = {"clean": alone["clean"], "headline": headline_scores}
+    document["seconds"] = time.perf_counter() - started
+    return document
+
+
+def _scores(entry: dict) -> dict:
+    return {k: v for k, v in entry.items() if isinstance(v, float)}
+
+
+def headline_embeddings(params: Params, arch: str, defense: str, *, splits: DataSplits, images: int = 600,
+                        results: str | Path = "results") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Clean and headline-attacked embeddings of a seeded subset of the test split (for t-SNE pictures)."""
+    from eatlib.attacks import build_attack
+    from eatlib.evaluate import _View, attack_embeddings, subset_indices
+
+    model = load_defended_model(params, arch, defense, splits, results)
+    view = _View(splits.test, subset_indices(len(splits.test), images, params.seed))
+    clean, labels = embed(model, view, batch_size=params.attacks.batch_size)
+    attack = build_attack(params.attacks.specs()[0], model, clean_embeddings=clean, labels=labels, seed=params.seed)
+    adversarial, _ = attack_embeddings(attack, view, batch_size=params.attacks.batch_size, progress=False)
+    return clean, adversarial, labels
+
+
+def report(params: Params, results: str | Path = "results", *, tsne_defenses=("standard", "eat")) -> dict:
+    """The report stage: tables, figures and the stage timings, all from what the earlier stages wrote."""
+    from eatlib.plots import load_history, plot_training_curves, plot_tsne, write_figures
+    from eatlib.report import load_metrics, write_tables
+
+    started = time.perf_counter()
+    results = Path(results)
+    figures_dir = results / "figures"
+    tables = write_tables(results)
+    figures = [p for p in write_figures(results) if p.suffix == ".png"]
+    splits = None
+    for arch in params.pipeline.archs:
+        histories = {d: load_history(model_path(arch, d, results)) for d in params.pipeline.trained_defenses}
+        figures.append(plot_training_curves(histories, figures_dir / f"training_{arch}.png"))
+        for defense in tsne_defenses:
+            if defense in params.pipeline.trained_defenses:
+                splits = splits or load_data(params)
+                clean, adversarial, labels = headline_embeddings(params, arch, defense, splits=splits,
+                                                                 results=results)
+                figures.append(plot_tsne(clean, adversarial, labels, figures_dir / f"tsne_{arch}_{defense}.png",
+                                         seed=params.seed, title=f"{arch} / {defense}"))
+    timings = {"data": checkpoint.read_json(Path(params.data.prepared) / "summary.json")["seconds"]}
+    for run in load_metrics(results):
+        if run.defense in params.pipeline.trained_defenses:
+            timings[f"train/{run.arch}/{run.defense}"] = run.data["cost"]["train_seconds"]
+        timings[f"attack/{run.arch}/{run.defense}"] = run.data["seconds"]
+    timings["report"] = time.perf_counter() - started
+    timings["total"] = sum(timings.values())
+    checkpoint.write_json({k: round(v, 1) for k, v in timings.items()}, results / "timings.json")
+    return {"tables": tables, "figures": figures, "timings": timings}
