@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import time
+import warnings
+from collections.abc import Mapping
+
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -98,8 +103,6 @@ def attack_embeddings(
     (default: the attacked model; another model for a transfer attack). Adversarial images are not kept, so
     memory stays at one batch whatever the image size. Returns ``(embeddings [N, D] on CPU, perturbation
     sizes {"linf_max", "l2_mean"})``."""
-    from tqdm.auto import tqdm
-
     target = attack.model if target is None else target
     device = device or model_device(attack.model)
     target_device = model_device(target)
@@ -162,12 +165,9 @@ def evaluate_robustness(
          "subset": {"size", "of", "seed"} or None, "seed", "model", "surrogate",
          "timing": {name: {"seconds", "images_per_second"}}}
     """
-    import time
-    import warnings
-
     from eatlib.attacks import build_attack, validate_suite
 
-    specs = validate_suite(suite if isinstance(suite, (list, tuple)) else [suite])
+    specs = validate_suite([suite] if isinstance(suite, Mapping) else list(suite))
     if model.training or (surrogate is not None and surrogate.training):
         warnings.warn("evaluate_robustness: a model is in train mode (batch statistics); call .eval() first",
                       stacklevel=2)
@@ -198,6 +198,12 @@ def evaluate_robustness(
         results["timing"][spec["name"]] = {"seconds": seconds, "images_per_second": len(view) / seconds}
     results["worst"], results["worst_attack"] = worst_case(results["attacks"])
     return results
+
+
+def evaluate_transfer(surrogate: nn.Module, target: nn.Module, dataset: Dataset, suite, **kwargs) -> dict:
+    """Transfer attacks: craft on ``surrogate`` (white-box, its own clean embeddings), score ``target``.
+    :func:`evaluate_robustness` with ``surrogate=``; the same keyword arguments."""
+    return evaluate_robustness(target, dataset, suite, surrogate=surrogate, **kwargs)
 
 
 def worst_case(attacks: dict) -> tuple[dict[str, float], dict[str, str]]:
