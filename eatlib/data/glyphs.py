@@ -7,7 +7,8 @@ background colour and pixel noise. Half of the classes are training classes and 
 
 Speed: every (letter, face) pair is rendered once at twice the output resolution; the per-image geometry is one
 batched `affine_grid`/`grid_sample`, the stroke thickness a threshold on a pre-blurred mask, then a 2x average
-pool. The default 8,000 images take about a second.
+pool. The default 8,000 images take about 3 s of one CPU core (plus about 1 s, once per process, to choose the
+alphabet).
 
 Everything is deterministic from `seed`: the same options give byte-identical arrays.
 """
@@ -45,20 +46,24 @@ class GlyphOptions:
     Colour: `contrast_range` (grey-level gap between letter and background), `tint` (max colour cast per colour).
     `noise_range`: per-image std of additive Gaussian pixel noise.
     `lookalike_threshold`: letters closer than this (`glyph_alphabet.lookalike_distances`) count as one.
+
+    The defaults are tuned to be far from trivial: a 4-layer CNN (128-d) trained with Proxy-Anchor for 20 epochs
+    on the 3,600 training images reached test NMI 0.82-0.83, ARI 0.56-0.58, R@1 0.89 (two seeds); the same
+    network untrained scores NMI 0.25 (the chance floor of 100 clusters), ARI 0.00, R@1 0.02.
     """
 
     image_size: int = 32
     seed: int = 0
     num_classes: int = 200
     images_per_class: int = 40
-    rotation_deg: float = 20.0
-    scale_range: tuple[float, float] = (0.55, 0.95)
+    rotation_deg: float = 25.0
+    scale_range: tuple[float, float] = (0.5, 0.95)
     shift: float = 0.1
-    stroke_px: tuple[float, float] = (-0.4, 0.6)
-    blur_px: tuple[float, float] = (0.0, 0.7)
-    contrast_range: tuple[float, float] = (0.3, 0.9)
+    stroke_px: tuple[float, float] = (-0.25, 0.6)
+    blur_px: tuple[float, float] = (0.0, 0.8)
+    contrast_range: tuple[float, float] = (0.25, 0.9)
     tint: float = 0.25
-    noise_range: tuple[float, float] = (0.0, 0.06)
+    noise_range: tuple[float, float] = (0.0, 0.08)
     lookalike_threshold: float = 0.18
 
     def __post_init__(self):
@@ -233,6 +238,7 @@ def prepare_glyphs(path: str | os.PathLike, **options) -> Path:
                 options=np.array(glyph_set.options.to_json()),
                 format_version=np.array(FORMAT_VERSION),
             )
+        os.chmod(tmp_name, 0o644)  # mkstemp makes the file private; a dataset file is meant to be shared
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
