@@ -35,6 +35,7 @@ def test_fake_layout_loads_with_standard_splits(tmp_path, name):
         assert label == ds.labels[-1]
     names = [set(ds.class_names) for ds in (splits.train, splits.val, splits.test)]
     assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])  # zero-shot: disjoint
+    assert splits.train.roles is None and (splits.test.roles is None) == (name != "inshop")
 
 
 def test_cub_and_cars_use_the_standard_class_ranges(tmp_path):

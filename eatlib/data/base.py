@@ -34,11 +34,13 @@ def contiguous_labels(raw_labels: Sequence[int] | np.ndarray) -> tuple[np.ndarra
 class ImageDataset(Dataset):
     """A labelled image set: `ds[i] -> (FloatTensor[3,S,S] in [0,1], int label)`.
 
-    Attributes: `labels` (np.ndarray int64 [N], contiguous 0..C-1), `num_classes`, `class_names` (list of C str).
+    Attributes: `labels` (np.ndarray int64 [N], contiguous 0..C-1), `num_classes`, `class_names` (list of C str),
+    `roles` (None, or np.ndarray of str [N] where a split joins several official parts, see FileImageDataset).
     """
 
     labels: np.ndarray
     class_names: list[str]
+    roles: np.ndarray | None = None
 
     def __init__(self, labels: np.ndarray, class_names: Sequence[str]):
         labels = np.asarray(labels, dtype=np.int64)
@@ -84,7 +86,11 @@ class TensorImageDataset(ImageDataset):
 
 class FileImageDataset(ImageDataset):
     """Image files decoded lazily: `paths[i]` is opened with PIL, converted to RGB and passed to `transform`
-    (a torchvision transform ending in ToTensor-like output: FloatTensor[3,S,S] in [0,1])."""
+    (a torchvision transform ending in ToTensor-like output: FloatTensor[3,S,S] in [0,1]).
+
+    `roles` (optional, np.ndarray of str [N]): each image's part of an official partition where one split has
+    several, e.g. In-Shop's test split: "query" / "gallery". None elsewhere.
+    """
 
     def __init__(
         self,
@@ -92,12 +98,16 @@ class FileImageDataset(ImageDataset):
         labels: np.ndarray,
         class_names: Sequence[str],
         transform: Callable[[Image.Image], torch.Tensor],
+        roles: Sequence[str] | None = None,
     ):
         super().__init__(labels, class_names)
         if len(paths) != len(self.labels):
             raise ValueError(f"{len(paths)} paths but {len(self.labels)} labels")
+        if roles is not None and len(roles) != len(self.labels):
+            raise ValueError(f"{len(roles)} roles but {len(self.labels)} labels")
         self.paths = [Path(p) for p in paths]
         self.transform = transform
+        self.roles = None if roles is None else np.asarray(roles, dtype=str)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         with Image.open(self.paths[index]) as image:

@@ -48,8 +48,7 @@ def load_cars196(
     options: protocol ("paper" | "small" | None = by image_size), augment (train augmentation, default True)."""
     dataset_dir = Path(root) / INFO.name
     items, class_names = read_cars196(dataset_dir)
-    splits, _ = build_file_splits(
+    return build_file_splits(
         INFO, dataset_dir, dataset_dir, items, class_names,
         image_size=image_size, seed=seed, val_fraction=val_fraction, **options,
     )  # fmt: skip
-    return splits

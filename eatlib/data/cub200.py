@@ -58,8 +58,7 @@ def load_cub200(
     options: protocol ("paper" | "small" | None = by image_size), augment (train augmentation, default True)."""
     dataset_dir = Path(root) / INFO.name
     items, class_names = read_cub200(dataset_dir)
-    splits, _ = build_file_splits(
+    return build_file_splits(
         INFO, dataset_dir, dataset_dir / "CUB_200_2011" / "images", items, class_names,
         image_size=image_size, seed=seed, val_fraction=val_fraction, **options,
     )  # fmt: skip
-    return splits

@@ -48,9 +48,7 @@ def load_inshop(
     options: protocol ("paper" | "small" | None = by image_size), augment (train augmentation, default True)."""
     dataset_dir = Path(root) / INFO.name
     items, class_names = read_inshop(dataset_dir)
-    splits, roles = build_file_splits(
+    return build_file_splits(
         INFO, dataset_dir, dataset_dir, items, class_names,
-        image_size=image_size, seed=seed, val_fraction=val_fraction, **options,
+        image_size=image_size, seed=seed, val_fraction=val_fraction, test_roles=True, **options,
     )  # fmt: skip
-    splits.test.roles = roles["test"]
-    return splits

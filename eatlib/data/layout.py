@@ -83,11 +83,12 @@ def build_file_splits(
     image_size: int,
     seed: int,
     val_fraction: float,
+    test_roles: bool = False,
     **options,
-) -> tuple[DataSplits, dict[str, np.ndarray]]:
+) -> DataSplits:
     """Verify the images and build DataSplits. options: `protocol` ("paper"/"small"/None), `augment` (bool).
 
-    Returns (splits, roles) where roles["test"] holds each test image's role (e.g. "query"/"gallery").
+    test_roles: give the test split a `roles` array (each test image's Item.role, e.g. "query"/"gallery").
     """
     unknown = sorted(set(options) - set(FILE_OPTIONS))
     if unknown:
@@ -108,19 +109,18 @@ def build_file_splits(
     val_classes = carve_val_classes(train_classes, val_fraction, seed)
     in_val = np.isin(class_ids, val_classes)
 
-    def split(rows: np.ndarray, train: bool) -> FileImageDataset:
+    def split(rows: np.ndarray, train: bool, with_roles: bool = False) -> FileImageDataset:
         labels, present = contiguous_labels(class_ids[rows])
         return FileImageDataset(
             [image_base / items[r].path for r in rows],
             labels,
             [class_names.get(int(c), str(int(c))) for c in present],
             build_transform(image_size, train=train, protocol=protocol, augment=augment),
+            roles=[items[r].role for r in rows] if with_roles else None,
         )
 
-    test_rows = np.flatnonzero(is_test)
-    splits = DataSplits(
+    return DataSplits(
         train=split(np.flatnonzero(~is_test & ~in_val), train=True),
         val=split(np.flatnonzero(in_val), train=False),
-        test=split(test_rows, train=False),
+        test=split(np.flatnonzero(is_test), train=False, with_roles=test_roles),
     )
-    return splits, {"test": np.array([items[r].role for r in test_rows])}
