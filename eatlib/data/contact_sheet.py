@@ -36,9 +36,8 @@ def contact_sheet(
     shown = np.sort(rng.choice(dataset.num_classes, size=min(classes, dataset.num_classes), replace=False))
 
     cell = 0.75  # inches per image
-    fig, axes = plt.subplots(
-        len(shown), per_class, figsize=(per_class * cell + 1.2, len(shown) * cell + 0.4), squeeze=False
-    )
+    size = (per_class * cell + 1.2, len(shown) * cell + (0.75 if title else 0.4))
+    fig, axes = plt.subplots(len(shown), per_class, figsize=size, squeeze=False)
     for row, label in enumerate(shown):
         members = np.flatnonzero(dataset.labels == label)[:per_class]
         for col in range(per_class):
@@ -55,7 +54,8 @@ def contact_sheet(
         )
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(pad=0.3, h_pad=0.1, w_pad=0.1)
+    # Leave 0.35 inch above the grid for the title, so it never covers the first row.
+    fig.tight_layout(pad=0.3, h_pad=0.1, w_pad=0.1, rect=(0, 0, 1, 1 - 0.35 / size[1] if title else 1))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
