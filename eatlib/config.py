@@ -281,6 +281,38 @@ class PipelineConfig:
             _check(not unknown, key, unknown, f"names from {sorted(registry)}")
 
 
+@dataclass(frozen=True)
+class AblationVariant:
+    """One row of the ablation table: a defense with some options changed, trained and attacked on
+    ``ablation.arch``."""
+
+    defense: str = "eat"
+    options: dict[str, Any] = field(default_factory=dict)  # merged over defenses.<defense>
+    # Train for as many forward-backward images as this main-run defense used (a compute-matched baseline).
+    match_compute: str | None = None
+
+    def __post_init__(self):
+        from eatlib.defenses import TRAINING_DEFENSES
+
+        _check(self.defense in TRAINING_DEFENSES, "defense", self.defense, str(sorted(TRAINING_DEFENSES)))
+        _check(self.match_compute is None or self.match_compute in TRAINING_DEFENSES, "match_compute",
+               self.match_compute, f"null or one of {sorted(TRAINING_DEFENSES)}")
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    arch: str
+    variants: dict[str, AblationVariant] = field(default_factory=dict)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -295,6 +327,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     defenses: dict[str, Any] = field(default_factory=dict)  # one subsection of options per defense
+    ablation: AblationConfig | None = None
     seed: int = 0
     device: str = "auto"
 
@@ -311,6 +344,14 @@ class Params:
             registry = TRAINING_DEFENSES if name in TRAINING_DEFENSES else INFERENCE_DEFENSES
             parsed[name] = parse_options(name, options, registry)
         object.__setattr__(self, "defenses", parsed)
+        if self.ablation is not None:
+            _check(self.ablation.arch in self.models, "ablation.arch", self.ablation.arch,
+                   f"keys of models: {sorted(self.models)}")
+            for name, variant in self.ablation.variants.items():
+                self.variant_options(name)  # validates the merged options
+                _check(variant.match_compute is None or variant.match_compute in self.pipeline.trained_defenses,
+                       f"ablation.variants.{name}.match_compute", variant.match_compute,
+                       "a defense of pipeline.trained_defenses (its main run sets the budget)")
 
     def defense_options(self, name: str) -> Any:
         """The validated options of defense ``name`` (its defaults when params.yaml has no subsection for it)."""
@@ -320,6 +361,17 @@ class Params:
             return self.defenses[name]
         registry = TRAINING_DEFENSES if name in TRAINING_DEFENSES else INFERENCE_DEFENSES
         return parse_options(name, None, registry)
+
+    def variant_options(self, name: str) -> Any:
+        """The options of ablation variant ``name``: its overrides merged over ``defenses.<defense>``."""
+        from eatlib.defenses import TRAINING_DEFENSES, parse_options
+
+        if self.ablation is None or name not in self.ablation.variants:
+            defined = sorted(self.ablation.variants) if self.ablation else []
+            raise ConfigError(f"ablation.variants: no variant named {name!r}; defined: {defined}")
+        variant = self.ablation.variants[name]
+        merged = _merge(to_dict(self.defense_options(variant.defense)), variant.options)
+        return parse_options(variant.defense, merged, TRAINING_DEFENSES, f"ablation.variants.{name}.options")
 
     def model(self, name: str) -> ModelConfig:
         if name not in self.models:

@@ -5,7 +5,9 @@ Kept apart from the loops so that a notebook, the CLI and ``torchrun`` run liter
 
 from __future__ import annotations
 
+import dataclasses
 import random
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 
 from eatlib import checkpoint
-from eatlib.config import Params, to_dict
+from eatlib.config import Params, TrainConfig, to_dict
 from eatlib.data import DataSplits, load_splits
 from eatlib.evaluate import embed
 from eatlib.metrics import embedding_metrics
@@ -39,7 +41,7 @@ def load_data(params: Params) -> DataSplits:
     )
 
 
-def prepare_data(params: Params, figures_dir: str | Path = "results/figures") -> dict:
+def prepare_data(params: Params) -> dict:
     """The data stage: prepare generated datasets, verify downloaded ones, draw a contact sheet, count."""
     from eatlib.data import contact_sheet, prepare_glyphs
 
@@ -49,7 +51,7 @@ def prepare_data(params: Params, figures_dir: str | Path = "results/figures") ->
         prepare_glyphs(Path(data.prepared) / "glyphs.npz", image_size=data.image_size, seed=params.seed,
                        **data.options)
     splits = load_data(params)  # reading every split verifies a downloaded layout
-    contact_sheet(splits.test, Path(figures_dir) / "contact_sheet.png", title=f"{data.name}: test classes")
+    contact_sheet(splits.test, Path(data.prepared) / "contact_sheet.png", title=f"{data.name}: test classes")
     counts = {name: {"images": len(split), "classes": int(split.num_classes)}
               for name, split in (("train", splits.train), ("val", splits.val), ("test", splits.test))}
     summary = {"dataset": data.name, "image_size": data.image_size, "splits": counts,
@@ -74,22 +76,25 @@ def model_path(arch: str, defense: str, results: str | Path = "results") -> Path
     return Path(results) / "models" / arch / f"{defense}.pt"
 
 
-def train(params: Params, arch: str, defense: str = "standard", *, out_path: str | Path | None = None,
-          run_dir: str | Path | None = None, splits: DataSplits | None = None, progress: bool = True) -> list[dict]:
+def train(params: Params, arch: str, defense: str = "standard", *, options=None, train_cfg: TrainConfig | None = None,
+          out_path: str | Path | None = None, run_dir: str | Path | None = None, splits: DataSplits | None = None,
+          progress: bool = True) -> list[dict]:
     """Train ``defense`` (a training defense) on architecture family ``arch``.
 
-    The final model goes to ``out_path`` (default ``results/models/<arch>/<defense>.pt``); per-epoch checkpoints
-    go to ``run_dir`` (default ``runs/<arch>/<defense>``, outside the DVC outputs), so an interrupted stage
-    resumes where it stopped.
+    ``options`` and ``train_cfg`` default to ``defenses.<defense>`` and ``train`` of ``params`` (ablations
+    override them). The final model goes to ``out_path`` (default ``results/models/<arch>/<defense>.pt``);
+    per-epoch checkpoints go to ``run_dir`` (default ``runs/<arch>/<defense>``, outside the DVC outputs), so an
+    interrupted stage resumes where it stopped.
     """
     from eatlib.defenses import build_training
 
     splits = splits or load_data(params)
     device = resolve_device(params.device)
     seed_everything(params.seed)
+    train_cfg = train_cfg or params.train
     setup = build_training(
         defense,
-        params.defense_options(defense),
+        options if options is not None else params.defense_options(defense),
         make_member=lambda: build_network(params, arch),
         num_classes=splits.train.num_classes,
         num_samples=len(splits.train),
@@ -97,7 +102,7 @@ def train(params: Params, arch: str, defense: str = "standard", *, out_path: str
         seed=params.seed,
     )
     meta = {"arch": arch, "model": to_dict(params.model(arch)), "data": to_dict(params.data), **setup.meta}
-    return fit(setup.model.to(device), setup.criterion.to(device), splits.train, splits.val, params.train,
+    return fit(setup.model.to(device), setup.criterion.to(device), splits.train, splits.val, train_cfg,
                out_dir=run_dir or Path("runs") / arch / defense, seed=params.seed, step=setup.step,
                progress=progress, meta=meta, final_path=out_path or model_path(arch, defense))
 
@@ -136,16 +141,17 @@ def training_cost(path: str | Path) -> dict:
             "epochs": len(history)}
 
 
-def attack(params: Params, arch: str, defense: str, *, splits: DataSplits | None = None,
-           results: str | Path = "results", progress: bool = True) -> dict:
+def attack(params: Params, arch: str, defense: str, *, model=None, cost: dict | None = None, sweep: bool = True,
+           splits: DataSplits | None = None, results: str | Path = "results", progress: bool = True) -> dict:
     """The attack stage: clean scores, the attack suite (worst case), the eps sweep of the headline attack,
-    and, for ensembles, each member alone. Returns the ``results/metrics/<arch>/<defense>.json`` document."""
+    and, for ensembles, each member alone. Returns the ``results/metrics/<arch>/<defense>.json`` document.
+    ``model`` and ``cost`` default to the main run's deployed model of ``defense`` and its training cost."""
     from eatlib.attacks import eps_sweep
     from eatlib.evaluate import evaluate_robustness
 
     started = time.perf_counter()
     splits = splits or load_data(params)
-    model = load_defended_model(params, arch, defense, splits, results)
+    model = model if model is not None else load_defended_model(params, arch, defense, splits, results)
     cfg = params.attacks
     randomized = bool(getattr(model, "randomized", False))
     # Randomised defenses are attacked with EOT; without it their robustness is an illusion.
@@ -153,9 +159,9 @@ def attack(params: Params, arch: str, defense: str, *, splits: DataSplits | None
     headline = specs[0]
     common = {"seed": params.seed, "subset": cfg.subset, "batch_size": cfg.batch_size, "progress": progress}
     robustness = evaluate_robustness(model, splits.test, specs, **common)
-    sweep_specs = eps_sweep(headline, cfg.sweep_eps)
-    sweep = evaluate_robustness(model, splits.test, sweep_specs, **common)
-    trained = defense if model_path(arch, defense, results).exists() else "standard"
+    if cost is None:
+        trained = defense if model_path(arch, defense, results).exists() else "standard"
+        cost = training_cost(model_path(arch, trained, results))
     document = {
         "arch": arch,
         "defense": defense,
@@ -164,9 +170,7 @@ def attack(params: Params, arch: str, defense: str, *, splits: DataSplits | None
         "worst": robustness["worst"],
         "worst_attack": robustness["worst_attack"],
         "headline": headline["name"],
-        "sweep": {"attack": headline["name"], "eps": list(cfg.sweep_eps),
-                  "metrics": [_scores(sweep["attacks"][s["name"]]) for s in sweep_specs]},
-        "cost": training_cost(model_path(arch, trained, results)),
+        "cost": cost,
         "subset": {"images": (robustness["subset"] or {"size": len(splits.test)})["size"],
                    "classes": int(splits.test.num_classes), "seed": params.seed},
         "randomized": randomized,
@@ -174,6 +178,14 @@ def attack(params: Params, arch: str, defense: str, *, splits: DataSplits | None
         "config": {"model": to_dict(params.model(arch)), "attacks": to_dict(cfg),
                    "defense_options": to_dict(params.defense_options(defense))},
     }
+    if sweep:
+        # The headline's own eps is already done; attack only at the other budgets.
+        sweep_specs = eps_sweep(headline, cfg.sweep_eps)
+        todo = [s for s in sweep_specs if s["eps"] != headline["eps"]]
+        swept = evaluate_robustness(model, splits.test, todo, **common)["attacks"] if todo else {}
+        swept = {s["name"]: swept.get(s["name"]) or robustness["attacks"][headline["name"]] for s in sweep_specs}
+        document["sweep"] = {"attack": headline["name"], "eps": list(cfg.sweep_eps),
+                             "metrics": [_scores(swept[s["name"]]) for s in sweep_specs]}
     members = getattr(model, "members", None)
     if members is not None and len(members) > 1:
         document["members"] = {}
@@ -213,17 +225,20 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
     figures_dir = results / "figures"
     tables = write_tables(results)
     figures = [p for p in write_figures(results) if p.suffix == ".png"]
+    figures.append(Path(shutil.copy(Path(params.data.prepared) / "contact_sheet.png", figures_dir)))
     splits = None
     for arch in params.pipeline.archs:
         histories = {d: load_history(model_path(arch, d, results)) for d in params.pipeline.trained_defenses}
-        figures.append(plot_training_curves(histories, figures_dir / f"training_{arch}.png"))
+        plot_training_curves(histories, figures_dir / f"training_{arch}.png")
+        figures.append(figures_dir / f"training_{arch}.png")
         for defense in tsne_defenses:
             if defense in params.pipeline.trained_defenses:
                 splits = splits or load_data(params)
                 clean, adversarial, labels = headline_embeddings(params, arch, defense, splits=splits,
                                                                  results=results)
-                figures.append(plot_tsne(clean, adversarial, labels, figures_dir / f"tsne_{arch}_{defense}.png",
-                                         seed=params.seed, title=f"{arch} / {defense}"))
+                path = figures_dir / f"tsne_{arch}_{defense}.png"
+                plot_tsne(clean, adversarial, labels, path, seed=params.seed, title=f"{arch} / {defense}")
+                figures.append(path)
     timings = {"data": checkpoint.read_json(Path(params.data.prepared) / "summary.json")["seconds"]}
     for run in load_metrics(results):
         if run.defense in params.pipeline.trained_defenses:
@@ -233,3 +248,35 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
     timings["total"] = sum(timings.values())
     checkpoint.write_json({k: round(v, 1) for k, v in timings.items()}, results / "timings.json")
     return {"tables": tables, "figures": figures, "timings": timings}
+
+
+def ablation(params: Params, variant: str, *, results: str | Path = "results", progress: bool = True) -> dict:
+    """One ablation variant: train it (or, for a compute-matched baseline, train until it has used the main run's
+    budget of another defense) on ``ablation.arch``, then attack it with the suite (no eps sweep)."""
+    arch, spec = params.ablation.arch, params.ablation.variants[variant]
+    options = params.variant_options(variant)
+    train_cfg = params.train
+    if spec.match_compute is not None:
+        train_cfg = matched_schedule(params.train, own=training_cost(model_path(arch, spec.defense, results)),
+                                     target=training_cost(model_path(arch, spec.match_compute, results)))
+    splits = load_data(params)
+    out_path = Path(results) / "ablation" / "models" / f"{variant}.pt"
+    train(params, arch, spec.defense, options=options, train_cfg=train_cfg, out_path=out_path,
+          run_dir=Path("runs") / "ablation" / variant, splits=splits, progress=progress)
+    model = load_model(out_path, resolve_device(params.device))
+    document = attack(params, arch, spec.defense, model=model, cost=training_cost(out_path), sweep=False,
+                      splits=splits, results=results, progress=progress)
+    document["variant"] = {"defense": spec.defense, **spec.options,
+                           **({"match_compute": spec.match_compute} if spec.match_compute else {})}
+    return document
+
+
+def matched_schedule(cfg: TrainConfig, *, own: dict, target: dict) -> TrainConfig:
+    """``cfg`` stretched to spend ``target``'s forward-backward images at ``own``'s cost per epoch (milestones
+    scale with the epochs, so the schedule keeps its shape)."""
+    per_epoch = own["forward_backward_images"] / own["epochs"]
+    epochs = max(1, round(target["forward_backward_images"] / per_epoch))
+    scale = epochs / cfg.epochs
+    milestones = sorted({min(epochs, max(1, round(m * scale))) for m in cfg.lr_milestones})
+    return dataclasses.replace(cfg, epochs=epochs, lr_milestones=milestones,
+                               warmup_epochs=cfg.warmup_epochs * scale)

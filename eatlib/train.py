@@ -1,6 +1,7 @@
 """The one training loop every defense shares.
 
-A defense is a *step function* ``step(model, criterion, batch) -> loss``; the trainer owns everything around it:
+A defense is a *step function* ``step(model, criterion, batch) -> loss`` (with an optional ``set_epoch(epoch)``,
+called before every epoch, for schedules such as eps warm-up); the trainer owns everything around it:
 class-balanced batches, AdamW with a separate proxy learning rate, linear warm-up and step decay, optional frozen
 BatchNorm, bf16 autocast on CUDA, a validation pass on held-out *training* classes after every epoch (never the
 test classes), an atomic checkpoint every epoch and exact resume.
@@ -193,6 +194,8 @@ def fit(
     try:
         for epoch in range(start_epoch, cfg.epochs):
             torch.manual_seed(epoch_seed(seed, epoch))
+            if hasattr(step, "set_epoch"):  # schedules inside a defense (e.g. eps warm-up) follow the epoch
+                step.set_epoch(epoch)
             set_train_mode(model, cfg.freeze_bn)
             criterion.train()
             started, losses, counter.images = time.perf_counter(), [], 0
