@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from eatlib.models import build_model
 from torch import nn
 
 from eatlib.attacks import EmbeddingShift
@@ -29,6 +28,7 @@ from eatlib.defenses import (
 from eatlib.defenses.adp import adp_regulariser
 from eatlib.defenses.mixup import mixed_loss, weighted_proxy_anchor
 from eatlib.losses import build_loss
+from eatlib.models import build_model
 from eatlib.train import Batch, ForwardCounter, build_optimizer
 
 SIZE, DIM, CLASSES, PER_CLASS = 16, 16, 6, 8

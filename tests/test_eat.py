@@ -166,7 +166,7 @@ def test_bn_stats_transfer_shares_one_init_and_averages_running_statistics():
     for s in (setup, plain):
         s.model.train()
         torch.manual_seed(5)
-        s.step(s.model, s.criterion, batch)
+        s.step(s.model, s.criterion, batch).backward()  # averaging must not break the backward pass
     separate = [_running_stats(member) for member in plain.model.members]
     assert not torch.allclose(separate[0][0], separate[1][0])
     for member in members:
@@ -197,15 +197,16 @@ def test_ensemble_checkpoint_round_trips(tmp_path, aggregate):
         torch.testing.assert_close(z, model.members[1](x))
 
 
-def test_eat_trains_through_the_shared_trainer(tmp_path):
-    """fit() runs the ensemble step, counts its cost and saves the ensemble as one loadable model."""
+def test_eat_trains_through_the_shared_trainer_with_eps_warm_up(tmp_path):
+    """fit() runs the ensemble step, tells it the epoch (eps warm-up) and saves the ensemble as one model."""
     from eatlib.config import TrainConfig
     from eatlib.train import fit
 
     data = TinyImages()
-    setup = setup_for("eat", {"members": 2, "attack": ATTACK}, data=data)
+    setup = setup_for("eat", {"members": 2, "attack": {**ATTACK, "warmup_epochs": 1}}, data=data)
     cfg = TrainConfig(epochs=2, batch_size=24, samples_per_class=4, lr=3e-3, warmup_epochs=0)
     history = fit(setup.model, setup.criterion, data, None, cfg, out_dir=tmp_path, step=setup.step,
                   progress=False, meta=setup.meta)
     assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    assert setup.step.adversary.epoch == 1 and setup.step.adversary.eps()[0] == pytest.approx(8 / 255)
     assert isinstance(load_model(tmp_path / "model.pt"), nn.Module)

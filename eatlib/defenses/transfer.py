@@ -88,15 +88,18 @@ def batchnorm_layers(member: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]
 
 @torch.no_grad()
 def average_batchnorm_statistics(members: Sequence[nn.Module]) -> None:
-    """Set every member's BatchNorm running mean and variance to the members' average, layer by layer."""
+    """Set every member's BatchNorm running mean and variance to the members' average, layer by layer.
+
+    New tensors replace the buffers rather than being copied into them: the training forward pass that has just
+    run saved the old ones for its backward pass, which must not see them modified in place."""
     layers = [batchnorm_layers(member) for member in members]
     for same_layer in zip(*layers, strict=True):
         for name in ("running_mean", "running_var"):
-            buffers = [getattr(layer, name) for layer in same_layer if getattr(layer, name) is not None]
-            if buffers:
-                mean = torch.stack(buffers).mean(0)
-                for buffer in buffers:
-                    buffer.copy_(mean)
+            if getattr(same_layer[0], name) is None:
+                continue
+            mean = torch.stack([getattr(layer, name) for layer in same_layer]).mean(0)
+            for layer in same_layer:
+                setattr(layer, name, mean.clone())
 
 
 TRANSFERS: dict[str, type[Transfer]] = {
