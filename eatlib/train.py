@@ -8,12 +8,19 @@ test classes), an atomic checkpoint every epoch and exact resume.
 
 Exact resume: every source of randomness inside an epoch is seeded from ``(seed, epoch)`` (the batch order by the
 sampler, the torch generator by :func:`epoch_seed`), so continuing from the checkpoint of epoch ``e`` replays
-epochs ``e+1..`` exactly as an uninterrupted run would.
+epochs ``e+1..`` exactly as an uninterrupted run would. Checkpoints: ``checkpoint.pt`` is always a complete file
+(atomic writes); the one it replaces is kept as ``checkpoint.prev.pt``, so a latest checkpoint found corrupted
+later still leaves the epoch before it.
+
+Multi-process: under ``torchrun`` (an initialised process group) :func:`fit` trains with DistributedDataParallel;
+``batch_size`` is the global batch and the loss that of the global batch (see :mod:`eatlib.distributed`).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from eatlib import checkpoint
+from eatlib import checkpoint, distributed
 from eatlib.config import TrainConfig, to_dict
 from eatlib.data import ClassBalancedBatchSampler
 from eatlib.evaluate import embed
@@ -31,7 +38,12 @@ from eatlib.losses import proxy_parameters
 from eatlib.metrics import embedding_metrics
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS = "checkpoint.prev.pt"
 FINAL = "model.pt"
+
+
+class ResumeError(ValueError):
+    """An existing checkpoint that this run must not continue (made with other parameters)."""
 
 
 @dataclass
@@ -61,6 +73,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of ``epoch`` on process ``rank``: :func:`epoch_seed` on rank 0 (and in a single process);
+    other ranks draw other random numbers (attack starts, mixup) for their other images."""
+    return epoch_seed(seed, epoch) + (rank << 32)
 
 
 class ForwardCounter:
@@ -110,13 +128,14 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 
 class _Batches:
     """Class-balanced batches of a dataset, sliced straight from memory when the dataset holds its images as a
-    uint8 tensor, else loaded through a DataLoader."""
+    uint8 tensor, else loaded image by image. Under torchrun every rank draws the same global batches and keeps
+    its own contiguous share (:func:`eatlib.distributed.shard`)."""
 
-    def __init__(self, dataset, cfg: TrainConfig, seed: int, device: torch.device):
+    def __init__(self, dataset, cfg: TrainConfig, seed: int, device: torch.device, current: distributed.World):
         self.dataset, self.device = dataset, device
         self.sampler = ClassBalancedBatchSampler(dataset.labels, cfg.batch_size, cfg.samples_per_class, seed=seed)
+        self.share = distributed.shard(cfg.batch_size, current)
         self.labels = torch.as_tensor(dataset.labels, dtype=torch.long)
-        self.num_workers = cfg.num_workers
 
     def __len__(self):
         return len(self.sampler)
@@ -125,7 +144,7 @@ class _Batches:
         self.sampler.set_epoch(epoch)
         images = getattr(self.dataset, "images", None)
         for indices in self.sampler:
-            indices = torch.as_tensor(indices, dtype=torch.long)
+            indices = torch.as_tensor(indices[self.share], dtype=torch.long)
             if isinstance(images, torch.Tensor):
                 batch = images[indices].to(self.device, torch.float32).div_(255)
             else:
@@ -157,29 +176,45 @@ def fit(
     progress: bool = True,
     meta: dict | None = None,
     final_path: str | Path | None = None,
+    sync_bn: bool = False,
+    global_loss: bool | None = None,
 ) -> list[dict]:
     """Train ``model`` (and the proxies inside ``criterion``) in place; return the per-epoch history.
 
-    Writes ``out_dir/checkpoint.pt`` after every epoch (everything needed to resume) and the deployable
-    ``final_path`` (default ``out_dir/model.pt``: weights, configs and history) at the end. With ``resume`` an
-    existing checkpoint made with the same configuration is continued; one made with a different configuration
-    is an error, not silently mixed.
+    Writes ``out_dir/checkpoint.pt`` after every epoch (everything needed to resume; the one it replaces is kept
+    as ``checkpoint.prev.pt``) and the deployable ``final_path`` (default ``out_dir/model.pt``: weights, configs
+    and history) at the end. With ``resume`` an existing checkpoint made with the same configuration is
+    continued; one made with a different configuration is an error, not silently mixed.
     ``meta`` (plain data: model config, defense options, ...) is stored in both files and must match on resume.
     Model and criterion must already be on the training device.
+
+    Under torchrun (a process group initialised by :func:`eatlib.distributed.init_from_env`): DDP over the model
+    and the criterion; ``cfg.batch_size`` is the global batch, each rank trains on ``batch_size / world_size``
+    of it; only rank 0 validates, writes files and shows progress; every rank returns rank 0's history.
+    ``global_loss`` (default: True unless ``criterion`` is a ``ModuleList`` of per-member losses, whose calls
+    depend on each rank's data) computes the loss of the global batch on every rank
+    (:func:`eatlib.distributed.gather_loss_inputs`); else each rank's loss is that of its share.
+    ``sync_bn``: BatchNorm with global-batch statistics (torch's SyncBatchNorm, CUDA only; converts the model's
+    BatchNorm layers in place). Both only act with more than one process.
     """
     out_dir = Path(out_dir)
+    current = distributed.world()
     device = next(model.parameters()).device
+    if sync_bn and current.active:
+        distributed.convert_sync_batchnorm(model)
     meta = {"train": to_dict(cfg), "seed": seed, **(meta or {})}
-    batches = _Batches(train_set, cfg, seed, device)
+    batches = _Batches(train_set, cfg, seed, device, current)
     optimizer = build_optimizer(model, criterion, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, len(batches), cfg))
     history: list[dict] = []
     start_epoch = 0
     ckpt_path = out_dir / CHECKPOINT
-    if resume and ckpt_path.exists():
-        state = checkpoint.load(ckpt_path)
+    if current.is_main:
+        remove_partial_writes(out_dir)
+    state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    if state is not None:
         if state["meta"] != meta:
-            raise ValueError(
+            raise ResumeError(
                 f"{ckpt_path} was made with a different configuration; delete {out_dir} to train from scratch "
                 "or restore the parameters it was made with"
             )
@@ -189,25 +224,31 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"]
 
+    run_step = _StepRunner(model, criterion, step, current, global_loss)
+    show = progress and current.is_main
     autocast = device.type == "cuda" and cfg.amp
     counter = ForwardCounter(model)
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            torch.manual_seed(epoch_seed(seed, epoch))
+            torch.manual_seed(rank_seed(seed, epoch, current.rank))
             if hasattr(step, "set_epoch"):  # schedules inside a defense (e.g. eps warm-up) follow the epoch
                 step.set_epoch(epoch)
             set_train_mode(model, cfg.freeze_bn)
             criterion.train()
             started, losses, counter.images = time.perf_counter(), [], 0
             bar = tqdm(batches.epoch(epoch), total=len(batches), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       disable=not progress, leave=False)
+                       disable=not show, leave=False)
             for i, batch in enumerate(bar):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss = step(model, criterion, batch)
-                if not torch.isfinite(loss):
+                    loss = run_step(batch)
+                finite = bool(torch.isfinite(loss))
+                if current.active:  # every rank stops together, whichever rank saw it
+                    finite = distributed.all_true(finite, device)
+                if not finite:
                     last = f"{ckpt_path} (after epoch {epoch})" if ckpt_path.exists() else "none yet"
+                    value = f"{loss.item()} on rank {current.rank}" if current.active else f"{loss.item()}"
                     raise FloatingPointError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}; last good checkpoint: {last}. "
+                        f"loss is {value} at epoch {epoch + 1}, step {i + 1}; last good checkpoint: {last}. "
                         "Lower train.lr or enable train.grad_clip."
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -218,34 +259,106 @@ def fit(
                 scheduler.step()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            loss_sum, steps, images = float(sum(losses)), len(losses), counter.images
+            if current.active:  # cost and mean loss of the whole step, over every rank
+                loss_sum, steps, images = distributed.sum_over_ranks([loss_sum, steps, images], device)
             record = {
                 "epoch": epoch + 1,
-                "loss": sum(losses) / len(losses),
+                "loss": loss_sum / steps,
                 "lr": optimizer.param_groups[0]["lr"],
                 "seconds": time.perf_counter() - started,
-                "forward_backward_images": counter.images,
+                "forward_backward_images": int(images),
             }
-            if val_set is not None and len(val_set) > 0:
-                record.update(validate(model, val_set, cfg, seed))
-            history.append(record)
-            if progress:
-                tqdm.write(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
-            checkpoint.save_atomic(
-                {
-                    "model": model.state_dict(),
-                    "criterion": criterion.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "meta": meta,
-                },
-                ckpt_path,
-            )
+            if current.is_main:
+                if val_set is not None and len(val_set) > 0:
+                    record.update(validate(model, val_set, cfg, seed))
+                history.append(record)
+                if show:
+                    tqdm.write(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
+                save_checkpoint(
+                    {
+                        "model": model.state_dict(),
+                        "criterion": criterion.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "meta": meta,
+                    },
+                    ckpt_path,
+                )
+            else:
+                history.append(record)
+            distributed.barrier()  # the checkpoint is on disk before any rank goes on
     finally:
         counter.close()
-    save_model(model, final_path or out_dir / FINAL, meta=meta, history=history)
+        run_step.close()
+    history = distributed.broadcast_from_main(history)
+    if current.is_main:
+        save_model(model, final_path or out_dir / FINAL, meta=meta, history=history)
+    distributed.barrier()
     return history
+
+
+class _StepRunner:
+    """``runner(batch) -> loss``: the defense's step, in a single process or through DDP (see :func:`fit`)."""
+
+    def __init__(self, model, criterion, step, current: distributed.World, global_loss: bool | None):
+        self._handles = []
+        if not current.active:
+            self._run = lambda batch: step(model, criterion, batch)
+            return
+        per_member = isinstance(criterion, nn.ModuleList)
+        if global_loss if global_loss is not None else not per_member:
+            self._handles.append(distributed.gather_loss_inputs(criterion))
+        # Ensemble members may have no sample of a rank's share in a step: DDP must not wait for their gradients.
+        ddp = distributed.data_parallel(distributed.StepModule(model, criterion, step, Batch),
+                                        find_unused_parameters=per_member)
+        self._run = lambda batch: ddp(batch.images, batch.labels, batch.indices)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        return self._run(batch)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The training state in ``path``; a corrupted file is an error that names the previous good checkpoint."""
+    try:
+        return checkpoint.load(path)
+    except checkpoint.CheckpointError as error:
+        previous = path.with_name(PREVIOUS)
+        try:
+            epoch = checkpoint.load(previous)["epoch"]
+            hint = (f"The previous good checkpoint is kept: {previous} (after epoch {epoch}); to resume from it: "
+                    f"mv {previous} {path}")
+        except (FileNotFoundError, checkpoint.CheckpointError):
+            hint = f"There is no readable previous checkpoint ({previous}); delete {path.parent} to train anew."
+        raise checkpoint.CheckpointError(f"{error}\n{hint}") from error
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write ``state`` to ``path`` atomically; the checkpoint it replaces becomes ``checkpoint.prev.pt``.
+    At every moment ``path`` is a complete file (the old one, then the new one)."""
+    if path.exists():
+        previous = path.with_name(PREVIOUS)
+        keep = path.with_name(f".{PREVIOUS}.{os.getpid()}.tmp")
+        keep.unlink(missing_ok=True)
+        try:
+            os.link(path, keep)  # a second name for the old file: no copy
+        except OSError:  # file systems without hard links
+            shutil.copyfile(path, keep)
+        os.replace(keep, previous)
+    checkpoint.save_atomic(state, path)
+
+
+def remove_partial_writes(out_dir: Path) -> None:
+    """Delete the temporary files of writes that a killed run left half done (they are never read)."""
+    for name in (CHECKPOINT, PREVIOUS, FINAL):
+        for partial in out_dir.glob(f".{name}.*.tmp"):
+            partial.unlink(missing_ok=True)
 
 
 def save_model(model: nn.Module, path: str | Path, *, meta: dict | None = None, history: list | None = None) -> None:
