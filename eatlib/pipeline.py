@@ -78,13 +78,14 @@ def model_path(arch: str, defense: str, results: str | Path = "results") -> Path
 
 def train(params: Params, arch: str, defense: str = "standard", *, options=None, train_cfg: TrainConfig | None = None,
           out_path: str | Path | None = None, run_dir: str | Path | None = None, splits: DataSplits | None = None,
-          progress: bool = True) -> list[dict]:
+          progress: bool = True, fit_options: dict | None = None) -> list[dict]:
     """Train ``defense`` (a training defense) on architecture family ``arch``.
 
     ``options`` and ``train_cfg`` default to ``defenses.<defense>`` and ``train`` of ``params`` (ablations
     override them). The final model goes to ``out_path`` (default ``results/models/<arch>/<defense>.pt``);
     per-epoch checkpoints go to ``run_dir`` (default ``runs/<arch>/<defense>``, outside the DVC outputs), so an
-    interrupted stage resumes where it stopped.
+    interrupted stage resumes where it stopped. ``fit_options``: extra keyword arguments of
+    :func:`eatlib.train.fit` (e.g. ``{"sync_bn": True}`` under torchrun).
     """
     from eatlib.defenses import build_training
 
@@ -104,7 +105,7 @@ def train(params: Params, arch: str, defense: str = "standard", *, options=None,
     meta = {"arch": arch, "model": to_dict(params.model(arch)), "data": to_dict(params.data), **setup.meta}
     return fit(setup.model.to(device), setup.criterion.to(device), splits.train, splits.val, train_cfg,
                out_dir=run_dir or Path("runs") / arch / defense, seed=params.seed, step=setup.step,
-               progress=progress, meta=meta, final_path=out_path or model_path(arch, defense))
+               progress=progress, meta=meta, final_path=out_path or model_path(arch, defense), **(fit_options or {}))
 
 
 def evaluate_clean(params: Params, model_path: str | Path, *, splits: DataSplits | None = None) -> dict:
