@@ -1,27 +1,87 @@
 """``eat``: the pipeline's steps from the shell (scripts, clusters, ``torchrun``).
 
-    eat train    --arch resnet --out results/models/resnet/standard
-    eat evaluate --model results/models/resnet/standard/model.pt --out results/metrics/resnet/standard_clean.json
+    eat train    --arch resnet --out runs/resnet/standard                  # checkpoint.pt, model.pt; resumes
+    eat train    --arch resnet --defense eat --out runs/resnet/eat
+    eat evaluate --model runs/resnet/standard/model.pt --out runs/resnet/standard/clean.json
+
+Several processes (one per GPU; gloo on CPU) with DistributedDataParallel, same results as one process with the
+same global train.batch_size (see eatlib.distributed):
+
+    torchrun --nproc-per-node=4 -m eatlib.cli train --arch resnet --out runs/resnet/standard [--sync-bn]
+    torchrun --nproc-per-node=4 --no-python eat train --arch resnet --out runs/resnet/standard
+
+Exit status: 0 done, 2 bad input (checked before any work; the message names the option or params.yaml key, the
+value and what is allowed), 1 a run that stopped (non-finite loss, unreadable checkpoint).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
-from eatlib import checkpoint, pipeline
-from eatlib.config import ConfigError, load_params
+from eatlib import checkpoint, distributed, pipeline
+from eatlib.config import ConfigError, Params, load_params
+from eatlib.train import ResumeError
+
+FILE_DATASETS_HINT = "the dataset unpacked in its official layout (see README: The paper datasets)"
+
+
+def _params(args) -> Params:
+    if not Path(args.params).is_file():
+        raise ConfigError(
+            f"--params: got {args.params!r}, which is not a file; allowed: the path of a parameter file "
+            "(default params.yaml in the current folder)"
+        )
+    return load_params(args.params)
+
+
+def check_train_request(params: Params, arch: str, defense: str, out: str) -> None:
+    """Everything ``eat train`` can check before loading data or building a model."""
+    from eatlib.defenses import TRAINING_DEFENSES
+
+    if arch not in params.models:
+        raise ConfigError(f"--arch: got {arch!r}; allowed: a key of models in params.yaml: {sorted(params.models)}")
+    if defense not in TRAINING_DEFENSES:
+        raise ConfigError(f"--defense: got {defense!r}; allowed: a training defense: {sorted(TRAINING_DEFENSES)}")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out: got {out!r}, an existing file; allowed: a run folder (created if missing)")
+    data = params.data
+    if data.name != "glyphs":  # generated in memory; the paper datasets live under data.root
+        folder = data.dataset_root() / data.name
+        if not folder.is_dir():
+            raise ConfigError(
+                f"data.root: {str(data.root)!r} has no folder {folder} for data.name {data.name!r}; allowed: a "
+                f"folder holding {folder.name}/ with {FILE_DATASETS_HINT}"
+            )
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    if params.train.batch_size % processes:
+        raise ConfigError(
+            f"train.batch_size: got {params.train.batch_size}; allowed: a multiple of the {processes} processes "
+            "(batch_size is the global batch, split evenly over the ranks)"
+        )
 
 
 def _train(args) -> None:
-    params = load_params(args.params)
-    history = pipeline.train(params, args.arch, args.out, progress=not args.quiet)
-    print(json.dumps(history[-1], indent=2))
+    params = _params(args)
+    check_train_request(params, args.arch, args.defense, args.out)
+    current = distributed.init_from_env(params.device)
+    try:
+        out = Path(args.out)
+        history = pipeline.train(params, args.arch, args.defense, out_path=out / "model.pt", run_dir=out,
+                                 progress=not args.quiet, fit_options={"sync_bn": args.sync_bn})
+    finally:
+        distributed.shutdown()
+    if current.is_main:
+        print(json.dumps(history[-1], indent=2))
 
 
 def _evaluate(args) -> None:
-    params = load_params(args.params)
+    params = _params(args)
+    if not Path(args.model).is_file():
+        raise ConfigError(f"--model: got {args.model!r}, which is not a file; allowed: a model.pt by `eat train`")
     result = pipeline.evaluate_clean(params, args.model)
     if args.out:
         checkpoint.write_json(result, args.out)
@@ -33,9 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train one model")
+    train = commands.add_parser("train", help="train one model (under torchrun: one process per device)")
     train.add_argument("--arch", required=True, help="architecture family: a key of `models` in params.yaml")
+    train.add_argument("--defense", default="standard", help="training defense (default: standard)")
     train.add_argument("--out", required=True, help="run folder (checkpoint.pt, model.pt); resumes if present")
+    train.add_argument("--sync-bn", action="store_true",
+                       help="under torchrun on GPUs: BatchNorm with the statistics of the global batch")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=_train)
 
@@ -50,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ConfigError, FileNotFoundError) as error:
+    except (ConfigError, FileNotFoundError) as error:  # bad input: nothing was trained
         print(f"eat: error: {error}", file=sys.stderr)
         return 2
+    except (checkpoint.CheckpointError, FloatingPointError, ResumeError) as error:  # a run that had to stop
+        print(f"eat: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 
