@@ -10,6 +10,10 @@ same global train.batch_size (see eatlib.distributed):
     torchrun --nproc-per-node=4 -m eatlib.cli train --arch resnet --out runs/resnet/standard [--sync-bn]
     torchrun --nproc-per-node=4 --no-python eat train --arch resnet --out runs/resnet/standard
 
+An ensemble's members on different GPUs, in one process:
+
+    eat train --arch resnet --defense eat --member-devices cuda:0,cuda:1,cuda:2 --out runs/resnet/eat
+
 Exit status: 0 done, 2 bad input (checked before any work; the message names the option or params.yaml key, the
 value and what is allowed), 1 a run that stopped (non-finite loss, unreadable checkpoint).
 """
@@ -21,6 +25,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+import torch
 
 from eatlib import checkpoint, distributed, pipeline
 from eatlib.config import ConfigError, Params, load_params
@@ -38,7 +44,8 @@ def _params(args) -> Params:
     return load_params(args.params)
 
 
-def check_train_request(params: Params, arch: str, defense: str, out: str) -> None:
+def check_train_request(params: Params, arch: str, defense: str, out: str,
+                        member_devices: list[str] | None = None) -> None:
     """Everything ``eat train`` can check before loading data or building a model."""
     from eatlib.defenses import TRAINING_DEFENSES
 
@@ -62,16 +69,31 @@ def check_train_request(params: Params, arch: str, defense: str, out: str) -> No
             f"train.batch_size: got {params.train.batch_size}; allowed: a multiple of the {processes} processes "
             "(batch_size is the global batch, split evenly over the ranks)"
         )
+    if member_devices:
+        members = getattr(params.defense_options(defense), "members", None)
+        allowed = f"one device per member ({members}), e.g. cuda:0,cuda:1, in a single process (not torchrun)"
+        if members is None or len(member_devices) != members or processes > 1:
+            raise ConfigError(f"--member-devices: got {','.join(member_devices)} for {defense}; allowed: {allowed}")
+        for device in member_devices:
+            try:
+                parsed = torch.device(device)
+            except RuntimeError:
+                raise ConfigError(f"--member-devices: got {device!r}; allowed: cpu, cuda, cuda:N") from None
+            if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+                raise ConfigError(f"--member-devices: got {device!r}; allowed: one of the "
+                                  f"{torch.cuda.device_count()} visible GPUs (cuda:0..), or cpu")
 
 
 def _train(args) -> None:
     params = _params(args)
-    check_train_request(params, args.arch, args.defense, args.out)
+    member_devices = args.member_devices.split(",") if args.member_devices else None
+    check_train_request(params, args.arch, args.defense, args.out, member_devices)
     current = distributed.init_from_env(params.device)
     try:
         out = Path(args.out)
+        fit_options = {"sync_bn": args.sync_bn, "member_devices": member_devices}
         history = pipeline.train(params, args.arch, args.defense, out_path=out / "model.pt", run_dir=out,
-                                 progress=not args.quiet, fit_options={"sync_bn": args.sync_bn})
+                                 progress=not args.quiet, fit_options=fit_options)
     finally:
         distributed.shutdown()
     if current.is_main:
@@ -99,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run folder (checkpoint.pt, model.pt); resumes if present")
     train.add_argument("--sync-bn", action="store_true",
                        help="under torchrun on GPUs: BatchNorm with the statistics of the global batch")
+    train.add_argument("--member-devices", metavar="DEVICES",
+                       help="ensembles in one process: one device per member, e.g. cuda:0,cuda:1")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=_train)
 

@@ -19,6 +19,8 @@ One process per device (rank). What this module decides, and why:
   included) inside DDP's forward.
 - BatchNorm normalises with per-rank statistics unless :func:`convert_sync_batchnorm` is used (``sync_bn``);
   torch's SyncBatchNorm runs on CUDA only.
+- In one process, the members of an ensemble can live on different devices (:func:`place_members`): a model too
+  large for one GPU, without DDP.
 
 Only rank 0 writes checkpoints, logs and progress bars (:attr:`World.is_main`).
 """
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -208,3 +210,29 @@ def broadcast_from_main(obj):
     holder = [obj]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def place_members(ensemble: nn.Module, devices: Sequence[str | torch.device], home: torch.device) -> None:
+    """Move member ``m`` of ``ensemble`` (an :class:`eatlib.models.Ensemble`) to ``devices[m]``, in place.
+
+    Each member then takes its input to its own device and hands its embedding back on ``home`` (where the
+    images, the losses and the aggregation live), through forward hooks that autograd differentiates like any
+    copy; callers (the trainer, attacks, :func:`eatlib.evaluate.embed`) see one model on ``home``. The state dict
+    is unchanged: :func:`eatlib.train.load_model` rebuilds the ensemble on one device.
+    """
+    members = getattr(ensemble, "members", None)
+    if members is None:
+        raise ValueError(
+            f"member_devices: got {list(devices)} for a {type(ensemble).__name__}; allowed: only for an ensemble "
+            "(defenses eat and adp)"
+        )
+    if len(devices) != len(members):
+        raise ValueError(
+            f"member_devices: got {len(devices)} devices {list(devices)}; allowed: one per member ({len(members)})"
+        )
+    for member, device in zip(members, devices, strict=True):
+        device = torch.device(device)
+        member.to(device)
+        member.register_forward_pre_hook(lambda _, args, device=device: tuple(
+            a.to(device) if isinstance(a, torch.Tensor) else a for a in args))
+        member.register_forward_hook(lambda _, args, output: output.to(home))

@@ -178,6 +178,7 @@ def fit(
     final_path: str | Path | None = None,
     sync_bn: bool = False,
     global_loss: bool | None = None,
+    member_devices: list[str] | None = None,
 ) -> list[dict]:
     """Train ``model`` (and the proxies inside ``criterion``) in place; return the per-epoch history.
 
@@ -196,10 +197,17 @@ def fit(
     (:func:`eatlib.distributed.gather_loss_inputs`); else each rank's loss is that of its share.
     ``sync_bn``: BatchNorm with global-batch statistics (torch's SyncBatchNorm, CUDA only; converts the model's
     BatchNorm layers in place). Both only act with more than one process.
+    ``member_devices`` (one process only): put member m of an ensemble on ``member_devices[m]``
+    (:func:`eatlib.distributed.place_members`); the images, losses and proxies stay on the model's device.
     """
     out_dir = Path(out_dir)
     current = distributed.world()
     device = next(model.parameters()).device
+    if member_devices:
+        if current.active:
+            raise ValueError("member_devices: allowed in a single process only; under torchrun each rank holds "
+                             "the whole model on its own GPU")
+        distributed.place_members(model, member_devices, home=device)
     if sync_bn and current.active:
         distributed.convert_sync_batchnorm(model)
     meta = {"train": to_dict(cfg), "seed": seed, **(meta or {})}
