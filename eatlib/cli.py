@@ -44,7 +44,7 @@ def _params(args) -> Params:
     return load_params(args.params)
 
 
-def check_train_request(params: Params, arch: str, defense: str, out: str,
+def check_train_request(params: Params, arch: str, defense: str, out: str, *, sync_bn: bool = False,
                         member_devices: list[str] | None = None) -> None:
     """Everything ``eat train`` can check before loading data or building a model."""
     from eatlib.defenses import TRAINING_DEFENSES
@@ -69,6 +69,10 @@ def check_train_request(params: Params, arch: str, defense: str, out: str,
             f"train.batch_size: got {params.train.batch_size}; allowed: a multiple of the {processes} processes "
             "(batch_size is the global batch, split evenly over the ranks)"
         )
+    on_cuda = params.device.startswith("cuda") or (params.device == "auto" and torch.cuda.is_available())
+    if sync_bn and processes > 1 and not on_cuda:
+        raise ConfigError("--sync-bn: allowed only on GPUs (torch's SyncBatchNorm); on CPU set train.freeze_bn: "
+                          "true for the single-process statistics, or keep per-rank statistics")
     if member_devices:
         members = getattr(params.defense_options(defense), "members", None)
         allowed = f"one device per member ({members}), e.g. cuda:0,cuda:1, in a single process (not torchrun)"
@@ -87,7 +91,8 @@ def check_train_request(params: Params, arch: str, defense: str, out: str,
 def _train(args) -> None:
     params = _params(args)
     member_devices = args.member_devices.split(",") if args.member_devices else None
-    check_train_request(params, args.arch, args.defense, args.out, member_devices)
+    check_train_request(params, args.arch, args.defense, args.out, sync_bn=args.sync_bn,
+                        member_devices=member_devices)
     current = distributed.init_from_env(params.device)
     try:
         out = Path(args.out)

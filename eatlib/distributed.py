@@ -37,6 +37,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import _functional_collectives as collectives
 
+from eatlib.config import ConfigError
+
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -81,14 +83,14 @@ def init_from_env(device: str = "auto", timeout_minutes: float = 30.0) -> World:
     if dist.is_initialized():
         return world()
     if device.startswith("cuda:"):
-        raise ValueError(
+        raise ConfigError(
             f"device: got {device!r} under torchrun; allowed: 'auto', 'cuda' or 'cpu' (rank r uses cuda:LOCAL_RANK)"
         )
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     local_rank = int(os.environ["LOCAL_RANK"])
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"LOCAL_RANK {local_rank} has no GPU ({torch.cuda.device_count()} visible); "
                 "start at most one process per GPU (torchrun --nproc-per-node)"
             )
@@ -105,7 +107,7 @@ def shutdown() -> None:
 def shard(batch_size: int, current: World) -> slice:
     """This rank's positions in a global batch of ``batch_size``: a contiguous ``batch_size / world_size``."""
     if batch_size % current.world_size:
-        raise ValueError(
+        raise ConfigError(
             f"train.batch_size: got {batch_size}; allowed: a multiple of the number of processes "
             f"({current.world_size}): batch_size is the global batch, split evenly over the ranks"
         )
@@ -174,10 +176,14 @@ def data_parallel(module: nn.Module, *, find_unused_parameters: bool = False) ->
 
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
     """Every BatchNorm of ``model`` (in place) normalises with the statistics of the global batch (torch's
-    SyncBatchNorm; same state-dict keys, so checkpoints stay interchangeable). CUDA only."""
+    SyncBatchNorm; same state-dict keys, so checkpoints stay interchangeable). CUDA only.
+
+    Each training-mode BatchNorm forward is a collective: every rank must run each network equally often. An
+    ensemble whose split leaves a member without samples in some rank's share (``disjoint`` or ``bootstrap``
+    with a few images per rank) would wait forever; keep per-rank statistics there."""
     device = next(model.parameters()).device
     if device.type != "cuda":
-        raise ValueError(
+        raise ConfigError(
             f"sync_bn: got True on {device}; allowed: only on CUDA (torch's SyncBatchNorm). On CPU set "
             "train.freeze_bn: true for the single-process statistics, or keep per-rank statistics"
         )
@@ -222,12 +228,12 @@ def place_members(ensemble: nn.Module, devices: Sequence[str | torch.device], ho
     """
     members = getattr(ensemble, "members", None)
     if members is None:
-        raise ValueError(
+        raise ConfigError(
             f"member_devices: got {list(devices)} for a {type(ensemble).__name__}; allowed: only for an ensemble "
             "(defenses eat and adp)"
         )
     if len(devices) != len(members):
-        raise ValueError(
+        raise ConfigError(
             f"member_devices: got {len(devices)} devices {list(devices)}; allowed: one per member ({len(members)})"
         )
     for member, device in zip(members, devices, strict=True):

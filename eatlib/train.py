@@ -31,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from eatlib import checkpoint, distributed
-from eatlib.config import TrainConfig, to_dict
+from eatlib.config import ConfigError, TrainConfig, to_dict
 from eatlib.data import ClassBalancedBatchSampler
 from eatlib.evaluate import embed
 from eatlib.losses import proxy_parameters
@@ -205,7 +205,7 @@ def fit(
     device = next(model.parameters()).device
     if member_devices:
         if current.active:
-            raise ValueError("member_devices: allowed in a single process only; under torchrun each rank holds "
+            raise ConfigError("member_devices: allowed in a single process only; under torchrun each rank holds "
                              "the whole model on its own GPU")
         distributed.place_members(model, member_devices, home=device)
     if sync_bn and current.active:
@@ -231,6 +231,10 @@ def fit(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"]
+    if current.active and not distributed.all_true(distributed.broadcast_from_main(start_epoch) == start_epoch,
+                                                   device):
+        raise ResumeError(f"the ranks found different checkpoints in {out_dir}: put it on a file system that every "
+                          "rank reads (ranks resume from the files rank 0 wrote)")
 
     run_step = _StepRunner(model, criterion, step, current, global_loss)
     show = progress and current.is_main

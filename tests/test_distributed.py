@@ -196,3 +196,10 @@ def test_member_devices_must_name_one_device_per_member(tmp_path, capsys):
     argv = [*train_argv(params, tmp_path / "out"), "--defense", "eat", "--member-devices", "cpu"]
     assert main(argv) == 2
     assert "--member-devices: got cpu for eat; allowed: one device per member (3)" in capsys.readouterr().err
+
+
+def test_sync_bn_on_cpu_processes_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc-per-node=2 sets it
+    assert main([*train_argv(tiny_params(tmp_path), tmp_path / "out"), "--sync-bn"]) == 2
+    assert "--sync-bn: allowed only on GPUs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
