@@ -63,6 +63,7 @@ def _objectives(clean, labels):
         "embedding_shift": EmbeddingShift().prepare(clean, labels),
         "centroid_nearest": Centroid("nearest").prepare(clean, labels),
         "centroid_random": Centroid("random", margin=0.5).prepare(clean, labels),
+        "centroid_pull": Centroid("nearest", candidates=2, push=0.0).prepare(clean, labels),
         "soft_assignment": SoftAssignment(0.1).prepare(clean, labels),
         "dml_loss": DMLLoss().prepare(clean, labels),
     }
@@ -143,13 +144,13 @@ def test_clean_values_and_definitions_of_the_objectives(setup):
     torch.testing.assert_close(objectives["soft_assignment"](clean, index), torch.zeros(len(clean)),
                                atol=1e-5, rtol=0)
     # Centroid: d(z, own) - d(z, target) exactly, own = clean k-means cluster, target another centre.
-    for key in ("centroid_nearest", "centroid_random"):
+    for key in ("centroid_nearest", "centroid_random", "centroid_pull"):
         objective = objectives[key]
         state = objective._state
         centres, own, target = state["centres"], state["assignment"], state["target"]
         d = torch.cdist(clean, centres).pow(2)
         assert torch.equal(own, d.argmin(1)) and not torch.any(target == own)
-        expected = d[index, own] - d[index, target]
+        expected = objective.push * d[index, own] - d[index, target]
         if objective.margin is not None:
             expected = expected.clamp(max=objective.margin)
         torch.testing.assert_close(objective(clean, index), expected, atol=1e-5, rtol=0)
@@ -157,6 +158,10 @@ def test_clean_values_and_definitions_of_the_objectives(setup):
     d_other = torch.cdist(clean, objectives["centroid_nearest"]._state["centres"])
     d_other[index, objectives["centroid_nearest"]._state["assignment"]] = math.inf
     assert torch.equal(objectives["centroid_nearest"]._state["target"], d_other.argmin(1))
+    # candidates = 2: one of the two nearest other centres, not always the nearest.
+    two_nearest = d_other.topk(2, largest=False).indices
+    pull_target = objectives["centroid_pull"]._state["target"]
+    assert (pull_target[:, None] == two_nearest).any(1).all() and not torch.equal(pull_target, two_nearest[:, 0])
     # Random targets are spread over the other centres, not all the nearest one.
     assert not torch.equal(objectives["centroid_random"]._state["target"], d_other.argmin(1))
     # dml_loss: the sum over the batch is Proxy-Anchor with class-mean proxies.
@@ -277,6 +282,10 @@ def test_specs_are_validated_and_completed():
         validate_spec({**HEADLINE, "eps": "eight"})
     with pytest.raises(SpecError, match="'norm'"):
         validate_spec({"optimizer": "mifgsm", "norm": "l2"})
+    with pytest.raises(SpecError, match="'candidates'"):
+        validate_spec({**HEADLINE, "target": "random", "candidates": 3})
+    with pytest.raises(SpecError, match="'push'"):
+        validate_spec({**HEADLINE, "push": 2.0})
     with pytest.raises(SpecError, match="unique"):
         validate_suite([HEADLINE, HEADLINE])
 

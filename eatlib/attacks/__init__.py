@@ -52,7 +52,8 @@ def build_objective(spec: Mapping, *, seed: int = 0) -> Objective:
     spec = validate_spec(spec)
     name = spec["objective"]
     if name == "centroid":
-        return Centroid(spec["target"], spec["margin"], n_clusters=spec["n_clusters"], seed=seed)
+        return Centroid(spec["target"], spec["margin"], candidates=spec["candidates"], push=spec["push"],
+                        n_clusters=spec["n_clusters"], seed=seed)
     if name == "soft_assignment":
         return SoftAssignment(spec["temperature"], n_clusters=spec["n_clusters"], seed=seed)
     if name == "dml_loss":

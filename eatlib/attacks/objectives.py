@@ -130,46 +130,64 @@ class EmbeddingShift(Objective):
 class Centroid(Objective):
     """Push each embedding away from its own clean k-means centre, towards a target centre.
 
-    value = ``d(z, c_own) - d(z, c_target)`` (squared Euclidean, as k-means assigns), capped at ``margin`` like
-    the C&W margin (``None``: no cap, keep pushing deeper into the target cluster). Positive once the sample
-    would be assigned to the target rather than to its own centre. Centres come from a seeded k-means with
-    ``n_clusters`` (default: the number of distinct labels) on the clean embeddings; the target is the nearest
-    other centre to the clean embedding (``target="nearest"``) or a seeded random other centre
-    (``target="random"``), fixed once at :meth:`prepare`.
+    value = ``push * d(z, c_own) - d(z, c_target)`` (squared Euclidean distances, as k-means assigns), capped at
+    ``margin`` like the C&W margin (``None``: no cap, keep pushing deeper into the target cluster). With
+    ``push=1`` (default) it is the margin ``d_own - d_target``, positive once the sample would be assigned to the
+    target; its maximiser on the sphere points along ``c_target - c_own`` and so still carries the own cluster,
+    which matters only when the budget is large: ``push=0`` pulls to the target centre itself (then a large eps
+    erases the clustering completely). Centres come from the seeded k-means of the clean evaluation, with
+    ``n_clusters`` (default: the number of distinct labels) on the clean embeddings.
+
+    Targets, drawn once at :meth:`prepare` (seeded): ``"nearest"``, the nearest other centre to the clean
+    embedding, or with ``candidates = m > 1`` one of the m nearest at random; ``"random"``, any other centre.
+    Moving whole clusters onto their neighbours keeps them pure (k-means on the adversarial set simply finds
+    them again), so targets that scatter each cluster (``random``, or ``candidates > 1``) hurt clustering
+    more on an undefended model, while the nearest centre is the one a small budget can reach on a robust one.
     """
 
     name = "centroid"
     TARGETS = ("nearest", "random")
 
-    def __init__(self, target: str = "nearest", margin: float | None = None, *, n_clusters: int | None = None,
-                 seed: int = 0):
+    def __init__(self, target: str = "nearest", margin: float | None = None, *, candidates: int = 1,
+                 push: float = 1.0, n_clusters: int | None = None, seed: int = 0):
         super().__init__()
         if target not in self.TARGETS:
             raise ValueError(f"target must be one of {self.TARGETS}, got {target!r}")
-        self.target, self.margin, self.n_clusters, self.seed = target, margin, n_clusters, seed
+        if int(candidates) < 1 or (target == "random" and candidates != 1):
+            raise ValueError(f"candidates must be an integer >= 1, and 1 with target 'random'; got {candidates}")
+        if not 0 <= push <= 1:
+            raise ValueError(f"push must be in [0, 1], got {push}")
+        self.target, self.margin, self.candidates, self.push = target, margin, int(candidates), float(push)
+        self.n_clusters, self.seed = n_clusters, seed
 
     def options(self):
-        return {"target": self.target, "margin": self.margin, "n_clusters": self.n_clusters, "seed": self.seed}
+        return {"target": self.target, "candidates": self.candidates, "push": self.push, "margin": self.margin,
+                "n_clusters": self.n_clusters, "seed": self.seed}
 
     def _prepare(self, clean, labels):
         k = _n_clusters(self.n_clusters, labels, self.name)
+        if self.candidates > k - 1:
+            raise ValueError(f"candidates ({self.candidates}) must be at most the number of other centres ({k - 1})")
         centres, assignment = kmeans_centres(clean, k, seed=self.seed)
-        distances = _sq_distances(clean, centres)
-        distances[torch.arange(len(clean)), assignment] = float("inf")
+        generator = torch.Generator().manual_seed(self.seed)
+        rows = torch.arange(len(clean))
         if self.target == "nearest":
-            target = distances.argmin(1)
+            distances = _sq_distances(clean, centres)
+            distances[rows, assignment] = float("inf")
+            nearest = distances.topk(self.candidates, dim=1, largest=False).indices
+            target = nearest[rows, torch.randint(0, self.candidates, (len(clean),), generator=generator)]
         else:
-            rng = np.random.default_rng(self.seed)
             # A uniform draw among the other K-1 centres: shift past the own one.
-            draw = torch.as_tensor(rng.integers(0, k - 1, size=len(clean)), dtype=torch.long)
+            draw = torch.randint(0, k - 1, (len(clean),), generator=generator)
             target = draw + (draw >= assignment).long()
         return {"centres": centres, "assignment": assignment, "target": target}
 
     def _bind(self, state, index):
         own, target = state["centres"][state["assignment"][index]], state["centres"][state["target"][index]]
-        # d(z, own) - d(z, target) = 2 z.(target - own) + |own|^2 - |target|^2: linear in z, fused.
-        direction = 2.0 * (target - own)
-        offset = own.pow(2).sum(1) - target.pow(2).sum(1)
+        # push d(z, own) - d(z, target) = 2 z.(target - push own) + push |own|^2 - |target|^2 + push - 1 (|z| = 1):
+        # linear in z, so one fused dot product per sample and step.
+        direction = 2.0 * (target - self.push * own)
+        offset = self.push * own.pow(2).sum(1) - target.pow(2).sum(1) + (self.push - 1.0)
         margin = self.margin
         if margin is None:
             return lambda z: (z * direction).sum(1) + offset

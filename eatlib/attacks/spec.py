@@ -39,8 +39,8 @@ _OPTIMIZER_KEYS = {
 _OPTIMIZER_NORMS = {"mifgsm": ("linf",), "cw": ("l2",)}
 _OBJECTIVE_KEYS = {
     "embedding_shift": {},
-    "centroid": {"target": ("nearest", "str", ("nearest", "random")), "margin": (None, "kappa", None),
-                 "n_clusters": (None, "int", None)},
+    "centroid": {"target": ("nearest", "str", ("nearest", "random")), "candidates": (1, "int", None),
+                 "push": (1.0, "nonneg", None), "margin": (None, "kappa", None), "n_clusters": (None, "int", None)},
     "soft_assignment": {"temperature": (0.05, "pos", None), "n_clusters": (None, "int", None)},
     "dml_loss": {"loss_margin": (0.1, "nonneg", None), "loss_alpha": (32.0, "pos", None)},
 }
@@ -90,6 +90,13 @@ def validate_spec(spec: Mapping) -> dict:
     for key in ("restarts", "eot", "steps"):
         if key in out and out[key] < 1:
             raise SpecError(f"key {key!r} must be an integer >= 1, got {out[key]}")
+    if out["objective"] == "centroid":
+        if out["candidates"] < 1 or (out["target"] == "random" and out["candidates"] != 1):
+            raise SpecError(
+                f"key 'candidates' must be an integer >= 1 (1 with target 'random'), got {out['candidates']}"
+            )
+        if out["push"] > 1:
+            raise SpecError(f"key 'push' must be a number in [0, 1], got {out['push']}")
     if out.get("n_clusters") is not None and out["n_clusters"] < 2:
         raise SpecError(f"key 'n_clusters' must be an integer >= 2 or null, got {out['n_clusters']}")
     if out["name"] is None:
@@ -101,7 +108,7 @@ def default_name(spec: Mapping) -> str:
     """``optimizer-norm-objective[-target]-eps<k>/255``, e.g. ``pgd-linf-centroid-nearest-eps8/255``."""
     parts = [spec["optimizer"], spec["norm"], spec["objective"]]
     if spec.get("target"):
-        parts.append(spec["target"])
+        parts.append(spec["target"] + (f"{spec['candidates']}" if spec.get("candidates", 1) > 1 else ""))
     return "-".join(parts) + f"-eps{format_eps(spec['eps'])}"
 
 
