@@ -22,7 +22,10 @@ class CheckpointError(RuntimeError):
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give results the usual permissions
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
