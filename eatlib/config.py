@@ -341,8 +341,9 @@ class Params:
         # Validate every defense's options now, so a typo fails before hours of training.
         parsed = {}
         for name, options in self.defenses.items():
-            registry = TRAINING_DEFENSES if name in TRAINING_DEFENSES else INFERENCE_DEFENSES
-            parsed[name] = parse_options(name, options, registry)
+            known = {**TRAINING_DEFENSES, **INFERENCE_DEFENSES}
+            _check(name in known, "defenses", name, f"subsections named after defenses: {sorted(known)}")
+            parsed[name] = parse_options(name, options, known)
         object.__setattr__(self, "defenses", parsed)
         if self.ablation is not None:
             _check(self.ablation.arch in self.models, "ablation.arch", self.ablation.arch,

@@ -49,7 +49,7 @@ def test_defaults_fill_in_and_nested_sections_are_typed():
         ({"pipeline": {"archs": ["small"], "trained_defenses": ["standard", "magic"]}}, r"got \['magic'\]"),
         ({"defenses": {"eat": {"members": 1}}}, r"defenses\.eat\.members: got 1"),
         ({"defenses": {"eat": {"split": "halves"}}}, r"defenses\.eat\.split: got 'halves'"),
-        ({"defenses": {"armor": {}}}, r"unknown defense 'armor'"),
+        ({"defenses": {"armor": {}}}, r"defenses: got 'armor'; allowed: .*'eat'.*'randomization'"),
         ({"attacks": {"headline": {"eps": -1}}}, r"attacks\.headline: .*eps"),
         ({"attacks": {"headline": {"optimizer": "pgd"}, "suite": [{"objective": "vibes"}]}}, r"attacks\.suite\[0\]"),
         ({"attacks": {"headline": {"name": "a"}, "suite": [{"name": "a"}]}}, r"attacks\.suite: .*distinct names"),
