@@ -1,45 +1,28 @@
 """Atomic checkpoint and JSON writes, and safe loading.
 
-Every file a run writes goes to a temporary name in the same folder first and is then renamed over the target,
-so a reader (or a resumed run) never sees half a file, and a crash mid-write leaves the previous file intact.
+Every file a run writes goes through :func:`eatlib.atomic.write_atomic`, so a reader (or a resumed run) never sees
+half a file, and a crash mid-write leaves the previous file intact.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from eatlib.atomic import write_atomic
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be read back (truncated, corrupted or not a checkpoint)."""
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600 files; give results the usual permissions
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_atomic(obj: Any, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically. ``obj`` should hold only tensors, dicts, lists and plain values,
     so that :func:`load` can read it with ``weights_only=True``."""
-    _atomic_write(Path(path), lambda handle: torch.save(obj, handle))
+    write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
@@ -59,8 +42,7 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
 
 def write_json(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    _atomic_write(Path(path), lambda handle: handle.write(text.encode()))
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

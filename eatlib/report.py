@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from eatlib.atomic import write_atomic
 
 CANONICAL_DEFENSES = (
     "standard", "input_transform", "randomization", "bart", "mixup_inference",
@@ -438,25 +438,6 @@ def read_csv_table(path: str | Path) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------------------ writing
-
-def write_atomic(path: str | Path, content: str | bytes) -> Path:
-    """Write ``content`` to ``path`` through a temporary file in the same folder and a rename, so readers never
-    see half a file (the pattern of :func:`eatlib.checkpoint.write_json`, without importing torch)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = content.encode() if isinstance(content, str) else content
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def write_table(table: pd.DataFrame, out_dir: str | Path, name: str) -> list[Path]:
     """Write ``<name>.md``, ``<name>.tex`` and ``<name>.csv`` into ``out_dir`` atomically."""
