@@ -3,16 +3,18 @@
 1. Same network, same work: a cosine-similarity-to-proxies classifier head on an embedding network (logits =
    scale * z . normalised proxies), cross-entropy on those logits, PGD L-inf 8/255, step 2/255, the same steps
    and batch. torchattacks attacks the classifier; we attack the embedding network with that cross-entropy as
-   the objective. The two are timed interleaved, in alternating order (load on a shared machine hits both);
-   the ratio of the best times ours / theirs is printed (and the median of the paired ratios); ours must not
-   be slower than 1.1x.
+   the objective. Ours runs with its defaults (channels-last iterates) and with the contiguous layout
+   torchattacks uses (same arithmetic, layout aside). The runs are timed back to back in rotating order, so
+   that load on a shared machine hits all alike; the median over repeats of the time ratio ours / theirs is
+   printed; ours must not be slower than 1.1x.
 2. The fused ``centroid`` objective (one dot product per sample) against an unfused one (all squared distances
    to the K centres, then a gather), to show whether the objective's form matters next to the network.
 3. Adversarial images/s of the headline attack (PGD-20 L-inf, centroid, nearest target) per backbone at 32px
    (cnn4, resnet18, mobilenet_v2) and for a 3-member cnn4 Ensemble; random weights (the cost does not depend
    on them).
 
-    .venv/bin/python benchmarks/attack_speed.py [--batch 128] [--steps 20] [--repeats 3] [--threads N]
+    .venv/bin/python benchmarks/attack_speed.py [--batch 128] [--steps 20] [--repeats 5] [--threads N]
+        [--backbone-batch 32] [--backbone-repeats 2] [--archs cnn4,resnet18,mobilenet_v2,ensemble]
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ def timed(fn, repeats: int) -> list[float]:
 
 
 def compare_with_torchattacks(net, images, args) -> float:
+    """Returns the median time ratio ours (default settings) / torchattacks."""
     import torchattacks
 
     torch.manual_seed(0)
@@ -89,26 +92,33 @@ def compare_with_torchattacks(net, images, args) -> float:
     labels = torch.randint(0, classes, (len(images),))
     classifier = ProxyClassifier(net, proxies).eval()
     theirs = torchattacks.PGD(classifier, eps=8 / 255, alpha=2 / 255, steps=args.steps, random_start=True)
-    ours = PGD(net, ProxyCrossEntropy(proxies, labels), eps=8 / 255, alpha=2 / 255, steps=args.steps)
+    objective = ProxyCrossEntropy(proxies, labels)
+    ours = PGD(net, objective, eps=8 / 255, alpha=2 / 255, steps=args.steps)
+    ours_contiguous = PGD(net, objective, eps=8 / 255, alpha=2 / 255, steps=args.steps, channels_last=False)
     index = torch.arange(len(images))
-    # Same work check: both raise the cross-entropy by similar amounts.
-    adversarial = {"clean": images, "ours": ours(images, index), "torchattacks": theirs(images, labels)}
+    runs = {"ours": lambda: ours(images, index), "ours, contiguous layout": lambda: ours_contiguous(images, index),
+            "torchattacks": lambda: theirs(images, labels)}
+    # Same work check: all raise the cross-entropy by the same amount.
+    adversarial = {name: run() for name, run in runs.items()}  # torchattacks needs grad mode on
     with torch.no_grad():
-        print("  cross-entropy " + " | ".join(
-            f"{name} {F.cross_entropy(classifier(x), labels).item():.3f}" for name, x in adversarial.items()))
-    runs = {"ours": (lambda: ours(images, index)), "torchattacks": (lambda: theirs(images, labels))}
+        ce = {name: F.cross_entropy(classifier(x), labels).item() for name, x in adversarial.items()}
+        clean = F.cross_entropy(classifier(images), labels).item()
+    print(f"  cross-entropy: clean {clean:.3f} | " + " | ".join(f"{n} {v:.3f}" for n, v in ce.items()))
     times = {name: [] for name in runs}
+    names = list(runs)
     for repeat in range(args.repeats):
-        # Alternate the order, so a load change on a shared machine does not always hit the same one.
-        for name in sorted(runs, reverse=bool(repeat % 2)):
+        # Rotate the order, so a load change on a shared machine does not always hit the same one.
+        for name in names[repeat % 3 :] + names[: repeat % 3]:
             times[name] += timed(runs[name], 1)
-    best = {name: min(t) for name, t in times.items()}
-    ratio = best["ours"] / best["torchattacks"]
-    paired = statistics.median(a / b for a, b in zip(times["ours"], times["torchattacks"], strict=True))
     n = len(images)
-    print(f"  ours {n / best['ours']:7.1f} adv img/s | torchattacks {n / best['torchattacks']:7.1f} adv img/s "
-          f"(best of {args.repeats}) | time ratio ours/theirs: {ratio:.3f} (median of paired runs {paired:.3f})")
-    return ratio
+    ratios = {}
+    for name in names[:2]:
+        pairs = [a / b for a, b in zip(times[name], times["torchattacks"], strict=True)]
+        ratios[name] = statistics.median(pairs)
+        print(f"  {name:24s} {n / statistics.median(times[name]):7.1f} adv img/s | time ratio to torchattacks "
+              f"(median over back-to-back runs): {ratios[name]:.3f}  [{', '.join(f'{r:.2f}' for r in pairs)}]")
+    print(f"  {'torchattacks':24s} {n / statistics.median(times['torchattacks']):7.1f} adv img/s")
+    return ratios["ours"]
 
 
 def fused_vs_unfused(net, images, args) -> None:
@@ -136,7 +146,7 @@ def fused_vs_unfused(net, images, args) -> None:
         for name, attack in attacks.items():
             rates[name].append(len(images) / timed(lambda a=attack: a(images, index), 1)[0])
     summary = " | ".join(f"{name} {max(r):.1f} adv img/s" for name, r in rates.items())
-    print(f"  whole PGD-{args.steps}: {summary}")
+    print(f"  whole PGD-{args.steps}: {summary}", flush=True)
 
 
 def headline_rate(model, images, args) -> float:
@@ -146,7 +156,7 @@ def headline_rate(model, images, args) -> float:
     attack = build_attack({**HEADLINE, "steps": args.steps}, model, clean_embeddings=clean, labels=labels)
     index = torch.arange(len(images))
     attack(images[:8], index[:8])  # warm-up
-    return len(images) / min(timed(lambda: attack(images, index), args.repeats))
+    return len(images) / min(timed(lambda: attack(images, index), args.backbone_repeats))
 
 
 def main():
@@ -155,7 +165,10 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--skip-backbones", action="store_true")
+    parser.add_argument("--backbone-batch", type=int, default=32, help="batch for the per-backbone rates")
+    parser.add_argument("--backbone-repeats", type=int, default=2)
+    parser.add_argument("--archs", default="cnn4,resnet18,mobilenet_v2,ensemble",
+                        help="comma-separated backbones for part 3 ('ensemble': 3 x cnn4; empty: skip)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,19 +178,23 @@ def main():
     images = torch.rand(args.batch, 3, 32, 32)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, PGD-{args.steps}")
     net = build_model("cnn4", embedding_dim=128, image_size=32).eval()
-    print("1. ours vs torchattacks.PGD, cnn4, cross-entropy on proxy logits")
+    print("1. ours vs torchattacks.PGD, cnn4, cross-entropy on proxy logits", flush=True)
     ratio = compare_with_torchattacks(net, images, args)
-    print("2. centroid objective, fused vs unfused, cnn4")
+    print("2. centroid objective, fused vs unfused, cnn4", flush=True)
     fused_vs_unfused(net, images, args)
-    if not args.skip_backbones:
-        print("3. headline attack (PGD L-inf 8/255, step 2/255, centroid nearest), adversarial images/s at 32px")
-        for arch in ("cnn4", "resnet18", "mobilenet_v2"):
-            model = build_model(arch, embedding_dim=128, image_size=32).eval()
-            print(f"  {arch:14s} {headline_rate(model, images, args):7.1f}")
-        members = [build_model("cnn4", embedding_dim=128, image_size=32) for _ in range(3)]
-        print(f"  {'3 x cnn4 ens.':14s} {headline_rate(Ensemble(members).eval(), images, args):7.1f}")
+    archs = [a for a in args.archs.split(",") if a]
+    if archs:
+        print(f"3. headline attack (PGD-{args.steps} L-inf 8/255, step 2/255, centroid nearest), adversarial "
+              f"images/s at 32px, batch {args.backbone_batch}, best of {args.backbone_repeats}", flush=True)
+        for arch in archs:
+            if arch == "ensemble":
+                model = Ensemble([build_model("cnn4", embedding_dim=128, image_size=32) for _ in range(3)])
+                arch = "3 x cnn4 ensemble"
+            else:
+                model = build_model(arch, embedding_dim=128, image_size=32)
+            print(f"  {arch:18s} {headline_rate(model.eval(), images[: args.backbone_batch], args):7.1f}", flush=True)
     verdict = "OK" if ratio <= 1.1 else "SLOWER THAN ALLOWED"
-    print(f"ours / torchattacks time ratio {ratio:.3f} (must be <= 1.1): {verdict}")
+    print(f"ours / torchattacks time ratio {ratio:.3f} (must be <= 1.1): {verdict}", flush=True)
 
 
 if __name__ == "__main__":

@@ -146,6 +146,7 @@ def evaluate_robustness(
     surrogate: nn.Module | None = None,
     progress: bool = True,
     amp: bool = False,
+    channels_last: bool = True,
 ) -> dict:
     """Clean and adversarial clustering/retrieval scores of ``model`` on ``dataset`` under an attack suite.
 
@@ -155,7 +156,8 @@ def evaluate_robustness(
     once on the clean embeddings of the attacked set. With ``surrogate`` the attacks are crafted on it
     (white-box on the surrogate, its own clean embeddings) and transferred to ``model``. Models are used in
     the mode the caller set (put them in eval mode). ``seed`` seeds the subset, the attacks and every k-means.
-    ``amp``: bf16 autocast of the attacked model's forward/backward inside the attacks (CUDA only).
+    ``amp`` (bf16 autocast, CUDA only) and ``channels_last`` (iterate layout; off for models that ``.view``
+    feature maps) are execution settings of the attacks, see :class:`eatlib.attacks.Attack`.
 
     Returns a JSON-ready dict::
 
@@ -188,7 +190,8 @@ def evaluate_robustness(
         "timing": {},
     }
     for spec in specs:
-        attack = build_attack(spec, crafter, clean_embeddings=crafter_clean, labels=labels, seed=seed, amp=amp)
+        attack = build_attack(spec, crafter, clean_embeddings=crafter_clean, labels=labels, seed=seed, amp=amp,
+                              channels_last=channels_last)
         started = time.perf_counter()
         adversarial, perturbation = attack_embeddings(attack, view, target=model, batch_size=batch_size,
                                                       device=device, progress=progress, desc=spec["name"])

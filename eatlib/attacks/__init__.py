@@ -70,14 +70,16 @@ def build_attack(
     objective: Objective | None = None,
     seed: int = 0,
     amp: bool = False,
+    channels_last: bool = True,
 ) -> Attack:
     """The attack a spec names, on ``model``.
 
     The objective is built from the spec and, when ``clean_embeddings [N, D]`` (and ``labels [N]``) of the whole
     attacked set are given, prepared on them; otherwise prepare ``attack.objective`` yourself before calling the
     attack. Pass ``objective=`` to use an objective object of your own (the spec's objective keys are then not
-    used). ``seed`` seeds the random starts, the objective's k-means and its random targets. ``amp``: bf16
-    autocast of the model on CUDA (an execution setting, not part of the spec).
+    used). ``seed`` seeds the random starts, the objective's k-means and its random targets. ``amp`` (bf16
+    autocast of the model, CUDA only) and ``channels_last`` (iterate layout) are execution settings, not part of
+    the spec; see :class:`Attack`.
     """
     spec = validate_spec(spec)
     if objective is None:
@@ -85,7 +87,7 @@ def build_attack(
     if clean_embeddings is not None:
         objective.prepare(clean_embeddings, labels)
     common = {"eps": spec["eps"], "norm": spec["norm"], "restarts": spec["restarts"], "eot_samples": spec["eot"],
-              "seed": seed, "amp": amp}
+              "seed": seed, "amp": amp, "channels_last": channels_last}
     name = spec["optimizer"]
     if name == "pgd":
         return PGD(model, objective, alpha=spec["alpha"], steps=spec["steps"], random_start=spec["random_start"],

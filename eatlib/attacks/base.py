@@ -30,7 +30,11 @@ class Attack:
     perturbation with the best objective. ``eot_samples`` averages values and gradients over that many passes
     of a randomised model. ``seed`` seeds the random starts (one generator per attack, so a sequence of
     batches is reproducible). ``amp`` runs the model's forward and backward under bf16 autocast, on CUDA only
-    (about twice the speed on recent GPUs; sign steps barely notice bf16 gradients).
+    (about twice the speed on recent GPUs; sign steps barely notice bf16 gradients). ``channels_last`` keeps the
+    iterates in channels-last memory layout, which the convolutions run faster on (measured here on CPU:
+    cnn4 and MobileNetV2 1.3-1.5x, ResNet-18 1.1x; benchmarks/attack_speed.py); the model is not touched and
+    the result comes back in the input's layout. A model that flattens spatial feature maps with ``.view``
+    cannot take channels-last inputs: pass ``channels_last=False`` for it.
     """
 
     norms: tuple[str, ...] = NORMS
@@ -46,6 +50,7 @@ class Attack:
         eot_samples: int = 1,
         seed: int = 0,
         amp: bool = False,
+        channels_last: bool = True,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -60,7 +65,7 @@ class Attack:
         self.model, self.objective = model, objective
         self.eps, self.norm = float(eps), norm
         self.restarts, self.eot_samples, self.seed = int(restarts), int(eot_samples), int(seed)
-        self.amp = bool(amp)
+        self.amp, self.channels_last = bool(amp), bool(channels_last)
         self._generator: torch.Generator | None = None
 
     def __call__(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -73,10 +78,15 @@ class Attack:
         index = torch.as_tensor(index, dtype=torch.long, device=images.device)
         if index.shape != (len(images),):
             raise ValueError(f"index must have shape [{len(images)}] (a position per image), got {tuple(index.shape)}")
-        images = images.detach()
         objective = self.objective.batch(index, images.device)
         if self.eps == 0:
-            return images.clone()
+            return images.detach().clone()
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        best = self._run(images.detach().contiguous(memory_format=layout), objective)
+        return best if best.is_contiguous() or not images.is_contiguous() else best.contiguous()
+
+    def _run(self, images: torch.Tensor, objective: BatchObjective) -> torch.Tensor:
+        """Restarts around :meth:`_perturb`: per sample, the run with the best objective."""
         best = self._perturb(images, objective)
         if self.restarts == 1:
             return best
@@ -119,7 +129,8 @@ class Attack:
             n = images[0].numel()
             radius = torch.rand(len(images), generator=gen, device=images.device, dtype=images.dtype) ** (1 / n)
             delta = direction * (self.eps * radius).view(-1, *([1] * (images.ndim - 1)))
-        return (images + delta).clamp_(0, 1)
+        # Into a tensor laid out like ``images`` (channels-last iterates stay channels-last).
+        return torch.add(images, delta, out=torch.empty_like(images)).clamp_(0, 1)
 
     def project(self, adversarial: torch.Tensor, images: torch.Tensor, box=None) -> torch.Tensor:
         """Back into the budget ball around ``images`` and into [0,1], in place. ``box`` is the precomputed
