@@ -12,6 +12,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from eatlib.attacks import HEADLINE, SWEEP_EPS, build_attack, eps_sweep, validate_suite
+from eatlib.metrics import cluster_metrics, retrieval_metrics
+
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a parameterless module)."""
@@ -46,9 +49,6 @@ def embed(
 # ---------------------------------------------------------------------------------------------------------------
 # Robustness of clustering-based inference: perturb every input, re-embed, re-cluster, score.
 # ---------------------------------------------------------------------------------------------------------------
-
-LOWER_IS_WORSE = ("nmi", "ami", "ari", "f1", "purity")  # plus every retrieval score (recall@k, map@r)
-
 
 def subset_indices(size: int, subset: int | None, seed: int) -> np.ndarray:
     """Sorted positions of a seeded random subset of ``subset`` of ``size`` samples (all when ``None``)."""
@@ -124,8 +124,6 @@ def embedding_scores(
 ) -> dict[str, float]:
     """Clustering scores from a fresh seeded k-means on ``embeddings`` (k = number of classes) plus retrieval
     scores; with ``clean`` given, ``embeddings`` are adversarial queries searched against the clean set."""
-    from eatlib.metrics import cluster_metrics, retrieval_metrics
-
     scores = dict(cluster_metrics(embeddings, labels, seed=seed))
     if clean is None:
         scores.update(retrieval_metrics(embeddings, labels))
@@ -167,8 +165,6 @@ def evaluate_robustness(
          "subset": {"size", "of", "seed"} or None, "seed", "model", "surrogate",
          "timing": {name: {"seconds", "images_per_second"}}}
     """
-    from eatlib.attacks import build_attack, validate_suite
-
     specs = validate_suite([suite] if isinstance(suite, Mapping) else list(suite))
     if model.training or (surrogate is not None and surrogate.training):
         warnings.warn("evaluate_robustness: a model is in train mode (batch statistics); call .eval() first",
@@ -222,8 +218,6 @@ def worst_case(attacks: dict) -> tuple[dict[str, float], dict[str, str]]:
 def evaluate_eps_sweep(model: nn.Module, dataset: Dataset, spec=None, eps_values=None, **kwargs) -> dict:
     """:func:`evaluate_robustness` over copies of ``spec`` (default: the headline attack) at each eps (default
     1, 2, 4, 8, 16 /255); the step size keeps its ratio to eps."""
-    from eatlib.attacks import HEADLINE, SWEEP_EPS, eps_sweep
-
     return evaluate_robustness(model, dataset, eps_sweep(spec or HEADLINE, eps_values or SWEEP_EPS), **kwargs)
 
 

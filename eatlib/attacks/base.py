@@ -125,7 +125,7 @@ class Attack:
         else:
             # Uniform in the L2 ball: a uniform direction, radius eps * U^(1/n).
             direction = torch.randn(images.shape, generator=gen, device=images.device, dtype=images.dtype)
-            direction = direction / _flat_norm(direction).clamp_min(1e-12)
+            direction = direction / flat_norm(direction).clamp_min(1e-12)
             n = images[0].numel()
             radius = torch.rand(len(images), generator=gen, device=images.device, dtype=images.dtype) ** (1 / n)
             delta = direction * (self.eps * radius).view(-1, *([1] * (images.ndim - 1)))
@@ -139,7 +139,7 @@ class Attack:
             lower, upper = box if box is not None else self.linf_box(images)
             return torch.clamp(adversarial, lower, upper, out=adversarial)
         delta = adversarial.sub_(images)
-        scale = (self.eps / _flat_norm(delta).clamp_min(1e-12)).clamp_(max=1.0)
+        scale = (self.eps / flat_norm(delta).clamp_min(1e-12)).clamp_(max=1.0)
         return delta.mul_(scale).add_(images).clamp_(0, 1)
 
     def linf_box(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,6 +154,6 @@ class Attack:
         return ()
 
 
-def _flat_norm(x: torch.Tensor) -> torch.Tensor:
+def flat_norm(x: torch.Tensor) -> torch.Tensor:
     """Per-sample L2 norm ``[B, 1, 1, 1]`` of ``x [B, ...]``."""
     return x.flatten(1).norm(dim=1).view(-1, *([1] * (x.ndim - 1)))

@@ -2,7 +2,7 @@
 
 Each maximises a prepared objective (see :mod:`eatlib.attacks.objectives`) over the budget; see
 :class:`eatlib.attacks.base.Attack` for the call convention and the options every optimiser takes
-(``restarts``, ``eot_samples``, ``seed``, ``amp``).
+(``restarts``, ``eot_samples``, ``seed``, ``amp``, ``channels_last``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from eatlib.attacks.base import Attack, _flat_norm
+from eatlib.attacks.base import Attack, flat_norm
 from eatlib.attacks.eot import forward_embeddings
 from eatlib.attacks.objectives import BatchObjective, Objective
 
@@ -21,7 +21,7 @@ def _unit_step(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """Steepest-ascent direction of unit norm: sign for L-inf, normalised gradient for L2."""
     if norm == "linf":
         return grad.sign_()
-    return grad.div_(_flat_norm(grad).clamp_min(1e-12))
+    return grad.div_(flat_norm(grad).clamp_min(1e-12))
 
 
 class FGSM(Attack):
