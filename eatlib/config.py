@@ -165,6 +165,21 @@ class LossConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Per-image random affine augmentation of in-memory training batches (eatlib.data.augment)."""
+
+    shift: float = 0.0  # max translation, as a fraction of the image side
+    rotation_deg: float = 0.0  # max rotation either way
+    scale: tuple[float, float] = (1.0, 1.0)  # zoom factor range
+
+    def __post_init__(self):
+        _check(0 <= self.shift <= 0.5, "shift", self.shift, "a fraction of the image side in [0, 0.5]")
+        _check(0 <= self.rotation_deg <= 180, "rotation_deg", self.rotation_deg, "degrees in [0, 180]")
+        _check(len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1], "scale", list(self.scale),
+               "[low, high] with 0 < low <= high")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """The optimisation schedule shared by every defense."""
 
@@ -181,6 +196,7 @@ class TrainConfig:
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
     eval_batch_size: int = 256
     num_workers: int = 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # off unless asked (glyphs: on in params.yaml)
     loss: LossConfig = field(default_factory=LossConfig)
 
     def __post_init__(self):

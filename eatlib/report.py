@@ -199,7 +199,7 @@ def describe_attack(run: RunResult, attack_id: str | None = None) -> str:
     attack_id = attack_id or run.get("headline")
     spec = run.get("attacks", attack_id, "spec")
     parts = [f"eps={_format_eps(run.get('attacks', attack_id, 'spec', 'eps'))}"]
-    parts += [f"{key}={spec[key]}" for key in ("norm", "steps", "restarts", "eot_samples") if key in spec]
+    parts += [f"{key}={spec[key]}" for key in ("norm", "target", "steps", "restarts", "eot") if key in spec]
     return f"{attack_id} ({', '.join(parts)})"
 
 

@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from eatlib import checkpoint, distributed
 from eatlib.config import ConfigError, TrainConfig, to_dict
 from eatlib.data import ClassBalancedBatchSampler
+from eatlib.data.augment import random_affine
 from eatlib.evaluate import embed
 from eatlib.losses import proxy_parameters
 from eatlib.metrics import embedding_metrics
@@ -136,6 +138,7 @@ class _Batches:
         self.sampler = ClassBalancedBatchSampler(dataset.labels, cfg.batch_size, cfg.samples_per_class, seed=seed)
         self.share = distributed.shard(cfg.batch_size, current)
         self.labels = torch.as_tensor(dataset.labels, dtype=torch.long)
+        self.augment = dataclasses.asdict(cfg.augment)
 
     def __len__(self):
         return len(self.sampler)
@@ -146,7 +149,7 @@ class _Batches:
         for indices in self.sampler:
             indices = torch.as_tensor(indices[self.share], dtype=torch.long)
             if isinstance(images, torch.Tensor):
-                batch = images[indices].to(self.device, torch.float32).div_(255)
+                batch = random_affine(images[indices].to(self.device, torch.float32).div_(255), **self.augment)
             else:
                 batch = torch.stack([self.dataset[int(i)][0] for i in indices]).to(self.device)
             yield Batch(batch, self.labels[indices].to(self.device), indices.to(self.device))

@@ -304,7 +304,7 @@ def test_specs_are_validated_and_completed():
 
 def test_eps_sweep_keeps_the_step_to_eps_ratio():
     sweep = eps_sweep(HEADLINE, ["1/255", 16 / 255])
-    assert [s["name"] for s in sweep] == ["pgd_centroid_nearest@1/255", "pgd_centroid_nearest@16/255"]
+    assert [s["name"] for s in sweep] == ["pgd_centroid_random@1/255", "pgd_centroid_random@16/255"]
     assert [s["alpha"] * 255 for s in sweep] == pytest.approx([0.25, 4.0])
 
 

@@ -80,6 +80,18 @@ def test_config_records_resolved_options():
     config = build_model("mobilenet_v2", width_mult=0.5).config
     assert config["width_mult"] == 0.5 and config["stem"] == "small"
     assert build_model("cnn4", width=8).config["width"] == 8
+    assert build_model("resnet18").config["width"] == 64
+
+
+def test_narrow_resnet_keeps_torchvision_depth_and_names_and_scales_every_stage():
+    stock, narrow = build_model("resnet18"), build_model("resnet18", width=16)
+    assert narrow.head.in_features == 8 * 16 and stock.head.in_features == 512
+    assert [k for k in narrow.state_dict()] == [k for k in stock.state_dict()]  # same modules, same names
+    widths = [narrow.backbone.resnet.conv1.out_channels] + [
+        getattr(narrow.backbone.resnet, f"layer{i}")[-1].conv2.out_channels for i in range(1, 5)]
+    assert widths == [16, 16, 32, 64, 128]
+    assert build_model("resnet50", width=16).head.in_features == 32 * 16
+    assert narrow(images()).shape == (len(images()), narrow.embedding_dim)
 
 
 def test_model_from_config_restores_weights_of_nets_and_ensembles():
@@ -106,6 +118,10 @@ def test_bad_arguments_name_the_problem():
         build_model("cnn4", pretrained=True)
     with pytest.raises(ValueError, match="width_mult=1.0"):
         build_model("mobilenet_v2", width_mult=0.5, pretrained=True)
+    with pytest.raises(ValueError, match="only at width=64"):
+        build_model("resnet18", width=16, pretrained=True)
+    with pytest.raises(ValueError, match="width must be a positive integer"):
+        build_model("resnet18", width=0)
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------

@@ -27,13 +27,13 @@ EPOCHS = 14
 # Milder glyph geometry, tint and noise than the pipeline's (the contrast stays): a model trained for seconds
 # then clusters unseen classes well.
 EASY_GLYPHS = dict(rotation_deg=5.0, shift=0.05, scale_range=(0.8, 0.95), tint=0.1, noise_range=(0.0, 0.02))
-HEADLINE_RANDOM = {**HEADLINE, "name": "pgd_centroid_random", "target": "random"}
+NEAREST = {**HEADLINE, "name": "pgd_centroid_nearest", "target": "nearest"}
 NOISE = {"name": "noise", "optimizer": "noise", "eps": HEADLINE["eps"]}
 FGSM_SPEC = {"name": "fgsm_centroid_nearest", "optimizer": "fgsm", "eps": HEADLINE["eps"], "objective": "centroid"}
 # Pull to random centres with half the image's range to play with: nothing learned should survive.
-HUGE = {**HEADLINE_RANDOM, "name": "pgd_huge_eps", "eps": 0.5, "alpha": 0.05, "steps": 10, "push": 0.0}
+HUGE = {**HEADLINE, "name": "pgd_huge_eps", "eps": 0.5, "alpha": 0.05, "steps": 10, "push": 0.0}
 # Random targets: with nearest targets ARI levels off once whole clusters sit on their neighbours.
-SWEEP = eps_sweep({**HEADLINE_RANDOM, "steps": 10}, ["2/255", "24/255"])
+SWEEP = eps_sweep({**HEADLINE, "steps": 10}, ["2/255", "24/255"])
 EPS_ZERO = {**HEADLINE, "name": "eps0", "eps": 0.0, "alpha": None, "steps": 1}
 
 
@@ -75,7 +75,7 @@ def trained():
 @pytest.fixture(scope="module")
 def report(trained):
     model, untrained, test = trained
-    suite = [HEADLINE, HEADLINE_RANDOM, NOISE, FGSM_SPEC, HUGE, EPS_ZERO, *SWEEP]
+    suite = [HEADLINE, NEAREST, NOISE, FGSM_SPEC, HUGE, EPS_ZERO, *SWEEP]
     results = evaluate_robustness(model, test, suite, seed=SEED, batch_size=120, progress=False)
     baseline = evaluate_robustness(untrained, test, [NOISE], seed=SEED, batch_size=120, progress=False)["clean"]
     return results, baseline
@@ -90,13 +90,13 @@ def test_the_trained_model_is_a_fair_target(report):
 def test_the_headline_attack_halves_ari_recall_and_nmi_margin(report):
     results, untrained = report
     clean = results["clean"]
-    nearest, random = results["attacks"][HEADLINE["name"]], results["attacks"][HEADLINE_RANDOM["name"]]
+    random, nearest = results["attacks"][HEADLINE["name"]], results["attacks"][NEAREST["name"]]
     for attacked in (nearest, random):
         assert attacked["ari"] <= 0.5 * clean["ari"] and attacked["recall@1"] <= 0.5 * clean["recall@1"]
-    # NMI's margin over an untrained network: the suite keeps both targets; the worst of them removes half of
-    # it, the nearest target alone at least 40% (moving whole clusters onto neighbours keeps them pure).
+    # NMI's margin over an untrained network: the headline (random targets) removes at least half of it, the
+    # nearest target at least 40% (moving whole clusters onto neighbours keeps them pure).
     margin = clean["nmi"] - untrained["nmi"]
-    assert clean["nmi"] - min(nearest["nmi"], random["nmi"]) >= 0.5 * margin
+    assert clean["nmi"] - random["nmi"] >= 0.5 * margin
     assert clean["nmi"] - nearest["nmi"] >= 0.4 * margin
 
 
@@ -160,12 +160,12 @@ def test_pgd_climbs_higher_than_fgsm_on_the_objective(trained):
 def test_metrics_fall_as_eps_grows(report):
     results, _ = report
     attacks = results["attacks"]
-    headline = attacks[HEADLINE_RANDOM["name"]]
+    headline = attacks[HEADLINE["name"]]
     steps = [results["clean"], attacks[SWEEP[0]["name"]], headline, attacks[SWEEP[1]["name"]]]
     for metric in ("nmi", "ari", "recall@1"):
         values = [s[metric] for s in steps]  # eps 0, 2, 8, 24 /255
         assert all(a > b for a, b in pairwise(values)), (metric, values)
-    sweep = {"clean": results["clean"], "attacks": {s["name"]: attacks[s["name"]] for s in [*SWEEP, HEADLINE_RANDOM]}}
+    sweep = {"clean": results["clean"], "attacks": {s["name"]: attacks[s["name"]] for s in [*SWEEP, HEADLINE]}}
     assert smallest_eps(sweep, metric="ari") in (pytest.approx(2 / 255), pytest.approx(8 / 255))
     assert smallest_eps(sweep, metric="ari", fraction=0.01) is None
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from eatlib import checkpoint
-from eatlib.config import TrainConfig
+from eatlib.config import AugmentConfig, TrainConfig
 from eatlib.losses import build_loss
 from eatlib.models import build_model
 from eatlib.train import CHECKPOINT, FINAL, Batch, fit, load_model
@@ -32,6 +32,7 @@ class TinyImages(torch.utils.data.Dataset):
 
 
 CFG = TrainConfig(epochs=3, batch_size=12, samples_per_class=4, lr=3e-3, warmup_epochs=0.5, lr_milestones=[2])
+AUGMENTED = TrainConfig(**{**CFG.__dict__, "augment": AugmentConfig(shift=0.1, rotation_deg=10, scale=(0.9, 1.1))})
 
 
 def _fresh(seed=0):
@@ -58,8 +59,9 @@ def test_training_lowers_the_loss_and_writes_both_files(tmp_path):
     torch.testing.assert_close(reloaded(x), model(x))
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    full, _ = _train(tmp_path / "full")
+@pytest.mark.parametrize("cfg", [CFG, AUGMENTED], ids=["plain", "augmented"])
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path, cfg):
+    full, _ = _train(tmp_path / "full", cfg)
     calls = {"n": 0}
 
     def interrupted(model, criterion, batch: Batch):
@@ -69,10 +71,10 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path):
         return criterion(model(batch.images), batch.labels)
 
     with pytest.raises(KeyboardInterrupt):
-        _train(tmp_path / "cut", step=interrupted)
+        _train(tmp_path / "cut", cfg, step=interrupted)
     assert checkpoint.load(tmp_path / "cut" / CHECKPOINT)["epoch"] == 1
     model, criterion = _fresh(seed=123)  # another init: everything must come from the checkpoint
-    history = fit(model, criterion, TinyImages(), TinyImages(seed=1), CFG, out_dir=tmp_path / "cut", progress=False)
+    history = fit(model, criterion, TinyImages(), TinyImages(seed=1), cfg, out_dir=tmp_path / "cut", progress=False)
     assert [h["epoch"] for h in history] == [1, 2, 3]
     for name, tensor in full.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)

@@ -2,8 +2,8 @@
 
 Example (the headline attack)::
 
-    {"name": "pgd_centroid_nearest", "optimizer": "pgd", "norm": "linf", "eps": 8/255, "alpha": 2/255,
-     "steps": 20, "objective": "centroid", "target": "nearest", "restarts": 1}
+    {"name": "pgd_centroid_random", "optimizer": "pgd", "norm": "linf", "eps": 8/255, "alpha": 2/255,
+     "steps": 20, "objective": "centroid", "target": "random", "restarts": 1}
 
 :func:`validate_spec` fills the defaults, turns strings such as ``"8/255"`` into floats and rejects unknown
 keys and bad values with an error naming the key and what is allowed. Which keys are allowed depends on the
@@ -45,9 +45,12 @@ _OBJECTIVE_KEYS = {
     "dml_loss": {"loss_margin": (0.1, "nonneg", None), "loss_alpha": (32.0, "pos", None)},
 }
 
+# Random targets: toward the nearest other centre, whole clusters move onto their neighbours and stay pure, so
+# NMI keeps half its margin over chance; the suite keeps the nearest target too (the stronger one against some
+# adversarially trained models) and the worst case takes both.
 HEADLINE = {
-    "name": "pgd_centroid_nearest", "optimizer": "pgd", "norm": "linf", "eps": 8 / 255, "alpha": 2 / 255,
-    "steps": 20, "objective": "centroid", "target": "nearest", "restarts": 1,
+    "name": "pgd_centroid_random", "optimizer": "pgd", "norm": "linf", "eps": 8 / 255, "alpha": 2 / 255,
+    "steps": 20, "objective": "centroid", "target": "random", "restarts": 1,
 }
 DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 SWEEP_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)

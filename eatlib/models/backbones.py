@@ -72,12 +72,34 @@ class _ResNetTrunk(nn.Module):
         return self.resnet(x)
 
 
-def _resnet(arch: str, factory: Callable, image_size: int, pretrained: bool, stem: str):
+def _narrow(net: nn.Module, block: type, width: int) -> int:
+    """Rebuild a torchvision ResNet's stages at base width ``width`` (stock: 64) with torchvision's own
+    ``_make_layer``, so module names (and the forward) stay torchvision's. Returns the new feature dim."""
+    net.inplanes = width
+    net.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
+    net.bn1 = nn.BatchNorm2d(width)
+    for i, stage in enumerate(("layer1", "layer2", "layer3", "layer4")):
+        blocks = len(getattr(net, stage))
+        setattr(net, stage, net._make_layer(block, width * 2**i, blocks, stride=1 if i == 0 else 2))
+    for m in net.modules():  # torchvision's init, which __init__ applied only to the stock layers
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return width * 8 * block.expansion
+
+
+def _resnet(arch: str, factory: Callable, image_size: int, pretrained: bool, stem: str, width: int):
     stem = _resolve_stem(stem, image_size, "halved", RESNET_STEMS, arch)
+    if int(width) != width or width < 1:
+        raise ValueError(f"{arch} width must be a positive integer (stock 64), got {width!r}")
+    if pretrained and width != 64:
+        raise ValueError(f"torchvision has ImageNet weights for {arch} only at width=64, got {width}; "
+                         "use width=64 or pretrained=False")
     net = factory(weights=None)
     if pretrained:
         load_imagenet_weights(arch, net)  # before surgery: the stock shapes match the checkpoint
     feature_dim = net.fc.in_features
+    if width != 64:
+        feature_dim = _narrow(net, type(net.layer1[0]), int(width))
     if stem != "imagenet":
         # A 3x3 stride-1 conv replaces 7x7/2 (which would throw away 3/4 of a 32px image at once); "cifar"
         # also drops the max-pool. The new conv is randomly initialised even when the rest is pretrained.
@@ -85,18 +107,21 @@ def _resnet(arch: str, factory: Callable, image_size: int, pretrained: bool, ste
         nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
         if stem == "cifar":
             net.maxpool = nn.Identity()
-    return _ResNetTrunk(net), feature_dim, {"stem": stem}
+    return _ResNetTrunk(net), feature_dim, {"stem": stem, "width": int(width)}
 
 
-def resnet18(*, image_size: int, pretrained: bool = False, stem: str = "auto"):
-    """torchvision ResNet-18 trunk, features ``[B, 512]``. ``stem``: "imagenet" (7x7/2 conv + max-pool),
-    "halved" (3x3/1 conv + max-pool), "cifar" (3x3/1 conv, no max-pool), or "auto" (halved at <= 64px)."""
-    return _resnet("resnet18", tv_resnet18, image_size, pretrained, stem)
+def resnet18(*, image_size: int, pretrained: bool = False, stem: str = "auto", width: int = 64):
+    """torchvision ResNet-18 trunk, features ``[B, 8 * width]`` (stock width 64: 512). ``stem``: "imagenet"
+    (7x7/2 conv + max-pool), "halved" (3x3/1 conv + max-pool), "cifar" (3x3/1 conv, no max-pool), or "auto"
+    (halved at <= 64px). ``width`` < 64 narrows every stage (the 32px CPU profile's ResNet: same depth and
+    strides, 1/16 of the multiply-adds at width 16)."""
+    return _resnet("resnet18", tv_resnet18, image_size, pretrained, stem, width)
 
 
-def resnet50(*, image_size: int, pretrained: bool = False, stem: str = "auto"):
-    """torchvision ResNet-50 trunk, features ``[B, 2048]``; ``stem`` as for resnet18."""
-    return _resnet("resnet50", tv_resnet50, image_size, pretrained, stem)
+def resnet50(*, image_size: int, pretrained: bool = False, stem: str = "auto", width: int = 64):
+    """torchvision ResNet-50 trunk, features ``[B, 32 * width]`` (stock: 2048); ``stem`` and ``width`` as for
+    resnet18."""
+    return _resnet("resnet50", tv_resnet50, image_size, pretrained, stem, width)
 
 
 # MobileNetV2 at 32px -------------------------------------------------------------------------------------------
