@@ -18,12 +18,12 @@ Multi-process: under ``torchrun`` (an initialised process group) :func:`fit` tra
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
 import time
 from collections.abc import Callable
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
