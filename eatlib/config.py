@@ -254,6 +254,7 @@ class AttackConfig:
     subset: int | None = None  # attack a seeded random subset of this many test images; null = all of them
     batch_size: int = 250
     eot_samples: int = 8  # gradient samples per step against randomised inference defenses (EOT)
+    eot_sweep: bool = False  # also run the eps sweep against randomised defenses (costs eot_samples x the sweep)
 
     def __post_init__(self):
         from eatlib.attacks import SpecError, validate_spec

@@ -19,7 +19,7 @@ from eatlib.config import Params, TrainConfig, to_dict
 from eatlib.data import DataSplits, load_splits
 from eatlib.evaluate import embed
 from eatlib.metrics import embedding_metrics
-from eatlib.models import build_model
+from eatlib.models import Ensemble, build_model
 from eatlib.train import fit, load_model, resolve_device
 
 
@@ -179,7 +179,7 @@ def attack(params: Params, arch: str, defense: str, *, model=None, cost: dict | 
         "config": {"model": to_dict(params.model(arch)), "attacks": to_dict(cfg),
                    "defense_options": to_dict(params.defense_options(defense))},
     }
-    if sweep:
+    if sweep and (cfg.eot_sweep or not randomized):
         # The headline's own eps is already done; attack only at the other budgets.
         sweep_specs = eps_sweep(headline, cfg.sweep_eps)
         todo = [s for s in sweep_specs if s["eps"] != headline["eps"]]
@@ -261,15 +261,32 @@ def ablation(params: Params, variant: str, *, results: str | Path = "results", p
         train_cfg = matched_schedule(params.train, own=training_cost(model_path(arch, spec.defense, results)),
                                      target=training_cost(model_path(arch, spec.match_compute, results)))
     splits = load_data(params)
-    out_path = Path(results) / "ablation" / "models" / f"{variant}.pt"
-    train(params, arch, spec.defense, options=options, train_cfg=train_cfg, out_path=out_path,
-          run_dir=Path("runs") / "ablation" / variant, splits=splits, progress=progress)
-    model = load_model(out_path, resolve_device(params.device))
-    document = attack(params, arch, spec.defense, model=model, cost=training_cost(out_path), sweep=False,
+    main_path = model_path(arch, spec.defense, results)
+    if spec.match_compute is None and _same_training(options, params.defense_options(spec.defense)):
+        # Only the inference-time aggregation differs from the main run: its members, re-aggregated.
+        trained = load_model(main_path, resolve_device(params.device))
+        model, cost_path = Ensemble(list(trained.members), aggregate=options.aggregate).eval(), main_path
+    else:
+        cost_path = Path(results) / "ablation" / "models" / f"{variant}.pt"
+        train(params, arch, spec.defense, options=options, train_cfg=train_cfg, out_path=cost_path,
+              run_dir=Path("runs") / "ablation" / variant, splits=splits, progress=progress)
+        model = load_model(cost_path, resolve_device(params.device))
+    document = attack(params, arch, spec.defense, model=model, cost=training_cost(cost_path), sweep=False,
                       splits=splits, results=results, progress=progress)
     document["variant"] = {"defense": spec.defense, **spec.options,
                            **({"match_compute": spec.match_compute} if spec.match_compute else {})}
+    if cost_path == main_path:
+        document["reuses"] = str(main_path)
     return document
+
+
+def _same_training(options, main_options) -> bool:
+    """True when ``options`` train exactly what ``main_options`` trained: they differ at most in ``aggregate``,
+    which EAT's training reads only when its adversarial examples are crafted on the whole ensemble (other
+    ensembles, e.g. adversarial ADP, craft them on the aggregate: never reused)."""
+    if not hasattr(options, "transfer") or options.transfer == "ensemble":
+        return False
+    return dataclasses.replace(options, aggregate=main_options.aggregate) == main_options
 
 
 def matched_schedule(cfg: TrainConfig, *, own: dict, target: dict) -> TrainConfig:

@@ -30,7 +30,8 @@ def tiny_profile(params: dict) -> dict:
     params["attacks"]["headline"]["steps"] = 1
     params["attacks"]["suite"] = [{"name": "fgsm_centroid_random", "optimizer": "fgsm", "eps": "8/255",
                                    "objective": "centroid", "target": "random"}]
-    params["ablation"]["variants"] = {"pgd_at_compute_matched": {"defense": "pgd_at", "match_compute": "eat"}}
+    params["ablation"]["variants"] = {"pgd_at_compute_matched": {"defense": "pgd_at", "match_compute": "eat"},
+                                      "eat_aggregate_mean": {"defense": "eat", "options": {"aggregate": "mean"}}}
     return params
 
 
@@ -73,7 +74,10 @@ def test_every_declared_output_exists_and_parses(repo):
                 for key in section.split("."):
                     scores = scores[key]
                 assert {"nmi", "ami", "ari", "f1", "purity", "recall@1"} <= set(scores), (arch, defense, section)
-            assert len(result["sweep"]["metrics"]) == len(params["attacks"]["sweep_eps"])
+            if result["randomized"]:  # EOT makes the sweep eot_samples times dearer: off unless asked
+                assert "sweep" not in result and not params["attacks"]["eot_sweep"]
+            else:
+                assert len(result["sweep"]["metrics"]) == len(params["attacks"]["sweep_eps"])
         for defense in trained:
             assert (copy / f"results/models/{arch}/{defense}.pt").stat().st_size > 0
         assert (copy / f"results/figures/training_{arch}.png").stat().st_size > 0
@@ -81,6 +85,11 @@ def test_every_declared_output_exists_and_parses(repo):
     assert sorted(eat["members"]) == ["0", "1"]
     ablation = json.loads((copy / "results/ablation/pgd_at_compute_matched.json").read_text())
     assert ablation["variant"]["match_compute"] == "eat"
+    # Aggregation alone is not retrained: the main EAT run's members, its cost, and no model of its own.
+    mean = json.loads((copy / "results/ablation/eat_aggregate_mean.json").read_text())
+    assert mean["reuses"].endswith("models/resnet/eat.pt") and mean["cost"] == eat["cost"]
+    assert not (copy / "results/ablation/models/eat_aggregate_mean.pt").exists()
+    assert mean["clean"] != eat["clean"]  # mean of the members' embeddings, not their concatenation
     for table in ("main", "ablation"):
         for ext in ("md", "tex", "csv"):
             assert (copy / f"results/tables/{table}.{ext}").stat().st_size > 0
@@ -117,4 +126,5 @@ def test_editing_one_eat_param_reruns_only_the_stages_that_read_it(repo):
     changed = set(json.loads(_run([*dvc, "status", "--json"], copy, env)))
     # The ablation reads every defense's options (its variants are built over them); attack stages follow the
     # retrained models once those change.
-    assert changed == {"train@resnet-eat", "train@mobilenet-eat", "ablation@pgd_at_compute_matched"}
+    assert changed == {"train@resnet-eat", "train@mobilenet-eat", "ablation@pgd_at_compute_matched",
+                       "ablation@eat_aggregate_mean"}

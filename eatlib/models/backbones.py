@@ -160,6 +160,7 @@ def mobilenet_v2(
     stem: str = "auto",
     last_conv: bool | None = None,
     zero_init_residual: bool | None = None,
+    max_blocks: int | None = None,
 ):
     """torchvision MobileNetV2 trunk. Features ``[B, 1280 * max(1, width_mult)]`` with the last 1x1 conv,
     else ``[B, 320 * width_mult]`` (rounded to a multiple of 8) from the last linear bottleneck.
@@ -168,6 +169,8 @@ def mobilenet_v2(
     map at 32px); "auto" = small at <= 64px. ``last_conv`` (default: True for imagenet, False for small) keeps the
     final 1x1 conv to 1280 ReLU6 channels. ``zero_init_residual`` (default: True for small from scratch) zeroes
     the last BN scale of each residual branch. Neither default changes a pretrained stock network.
+    ``max_blocks`` caps the inverted-residual blocks of every stage (stock 1-4 per stage, 17 in all; 1: the seven
+    stages with one block each), keeping the stages' widths and strides.
 
     Why the 32px member differs (diagnosed on 32px glyphs, PAL alpha 32, AdamW 1e-3, proxies at 100x lr): the
     stock network, with its 1x1 final map or with a stride-1 stem, stays on the loss plateau ~11.9 where all
@@ -192,7 +195,13 @@ def mobilenet_v2(
         )
     if pretrained and zero_init_residual:
         raise ValueError("zero_init_residual=True would overwrite pretrained weights; use one or the other")
-    net = tv_mobilenet_v2(weights=None, width_mult=width_mult)
+    if max_blocks is not None and (int(max_blocks) != max_blocks or max_blocks < 1):
+        raise ValueError(f"mobilenet_v2 max_blocks must be a positive integer or None, got {max_blocks!r}")
+    if pretrained and max_blocks is not None:
+        raise ValueError("torchvision has ImageNet weights for mobilenet_v2 only at full depth; "
+                         "use max_blocks=None or pretrained=False")
+    stages = [[t, c, min(n, max_blocks or n), s] for t, c, n, s in _MOBILENET_STAGES]
+    net = tv_mobilenet_v2(weights=None, width_mult=width_mult, inverted_residual_setting=stages)
     if pretrained:
         load_imagenet_weights("mobilenet_v2", net)
     net.features[0][0].stride = (_MOBILENET_STEM_STRIDE[stem],) * 2
@@ -201,7 +210,7 @@ def mobilenet_v2(
     if zero_init_residual:
         _zero_init_residual_branches(features)
     options = {"width_mult": float(width_mult), "stem": stem, "last_conv": last_conv,
-               "zero_init_residual": bool(zero_init_residual)}
+               "zero_init_residual": bool(zero_init_residual), "max_blocks": max_blocks}
     return _MobileNetTrunk(features), feature_dim, options
 
 
