@@ -11,6 +11,7 @@ from pytorch_metric_learning.losses import ProxyAnchorLoss
 from sklearn.cluster import KMeans
 from sklearn.metrics import normalized_mutual_info_score
 from torch.optim.swa_utils import update_bn
+from torchvision.models.mobilenetv2 import InvertedResidual
 
 from eatlib.models import (
     ARCHITECTURES,
@@ -83,6 +84,17 @@ def test_config_records_resolved_options():
     assert build_model("resnet18").config["width"] == 64
 
 
+def test_mobilenet_max_blocks_keeps_one_block_per_stage_with_the_stock_widths_and_strides():
+    stock, shallow = small("mobilenet_v2"), small("mobilenet_v2", max_blocks=1)
+    blocks = lambda m: [b for b in m.backbone.features if isinstance(b, InvertedResidual)]  # noqa: E731
+    assert len(blocks(stock)) == 17 and len(blocks(shallow)) == 7
+    assert shallow.config["max_blocks"] == 1 and stock.config["max_blocks"] is None
+    stage_ends = [0, 2, 5, 9, 12, 15, 16]  # torchvision's 1, 2, 3, 4, 3, 3, 1 blocks per stage
+    assert [b.out_channels for b in blocks(shallow)] == [blocks(stock)[i].out_channels for i in stage_ends]
+    x = images()
+    assert shallow.backbone.features(x).shape[-2:] == stock.backbone.features(x).shape[-2:]  # same total stride
+
+
 def test_narrow_resnet_keeps_torchvision_depth_and_names_and_scales_every_stage():
     stock, narrow = build_model("resnet18"), build_model("resnet18", width=16)
     assert narrow.head.in_features == 8 * 16 and stock.head.in_features == 512
@@ -118,6 +130,8 @@ def test_bad_arguments_name_the_problem():
         build_model("cnn4", pretrained=True)
     with pytest.raises(ValueError, match="width_mult=1.0"):
         build_model("mobilenet_v2", width_mult=0.5, pretrained=True)
+    with pytest.raises(ValueError, match="only at full depth"):
+        build_model("mobilenet_v2", max_blocks=1, pretrained=True)
     with pytest.raises(ValueError, match="only at width=64"):
         build_model("resnet18", width=16, pretrained=True)
     with pytest.raises(ValueError, match="width must be a positive integer"):
