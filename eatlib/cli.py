@@ -93,12 +93,20 @@ def _train(args) -> None:
     member_devices = args.member_devices.split(",") if args.member_devices else None
     check_train_request(params, args.arch, args.defense, args.out, sync_bn=args.sync_bn,
                         member_devices=member_devices)
+    if args.init == "pretrained":
+        init = pipeline.pretrained_path(args.arch) if params.pretrain is not None else None
+    else:
+        init = None if args.init == "none" else args.init
+    if init is not None and not Path(init).is_file():
+        raise ConfigError(f"--init: got {args.init!r}, but {init} does not exist; allowed: 'pretrained' once the "
+                          f"pretrain stage has run (dvc repro pretrain@{args.arch}), 'none' (from scratch), or the "
+                          "path of a model.pt")
     current = distributed.init_from_env(params.device)
     try:
         out = Path(args.out)
         fit_options = {"sync_bn": args.sync_bn, "member_devices": member_devices}
-        history = pipeline.train(params, args.arch, args.defense, out_path=out / "model.pt", run_dir=out,
-                                 progress=not args.quiet, fit_options=fit_options)
+        history = pipeline.train(params, args.arch, args.defense, init=init, out_path=out / "model.pt",
+                                 run_dir=out, progress=not args.quiet, fit_options=fit_options)
     finally:
         distributed.shutdown()
     if current.is_main:
@@ -128,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="under torchrun on GPUs: BatchNorm with the statistics of the global batch")
     train.add_argument("--member-devices", metavar="DEVICES",
                        help="ensembles in one process: one device per member, e.g. cuda:0,cuda:1")
+    train.add_argument("--init", default="pretrained",
+                       help="starting weights: 'pretrained' (the pretrain stage's model when params.yaml has a "
+                            "pretrain section; default), 'none' (from scratch), or the path of a model.pt")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=_train)
 

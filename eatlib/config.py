@@ -342,6 +342,9 @@ class Params:
     pipeline: PipelineConfig
     attacks: AttackConfig
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The clean model every trained defense starts from: `train`'s settings with these changed (null: every
+    # defense trains from the backbone's own initialisation).
+    pretrain: dict[str, Any] | None = None
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     defenses: dict[str, Any] = field(default_factory=dict)  # one subsection of options per defense
     ablation: AblationConfig | None = None
@@ -362,6 +365,8 @@ class Params:
             _check(name in known, "defenses", name, f"subsections named after defenses: {sorted(known)}")
             parsed[name] = parse_options(name, options, known)
         object.__setattr__(self, "defenses", parsed)
+        if self.pretrain is not None:
+            self.pretrain_config()  # validates the merged schedule
         if self.ablation is not None:
             _check(self.ablation.arch in self.models, "ablation.arch", self.ablation.arch,
                    f"keys of models: {sorted(self.models)}")
@@ -390,6 +395,15 @@ class Params:
         variant = self.ablation.variants[name]
         merged = _merge(to_dict(self.defense_options(variant.defense)), variant.options)
         return parse_options(variant.defense, merged, TRAINING_DEFENSES, f"ablation.variants.{name}.options")
+
+    def pretrain_config(self) -> TrainConfig:
+        """The schedule of the pretrain stage: ``train`` with ``pretrain``'s keys changed."""
+        if self.pretrain is None:
+            raise ConfigError("pretrain: null, so there is no pretraining stage; set e.g. pretrain: {epochs: 20}")
+        keys = sorted(f.name for f in dataclasses.fields(TrainConfig))
+        unknown = sorted(set(self.pretrain) - set(keys))
+        _check(not unknown, "pretrain", unknown, f"keys of train: {keys}")
+        return from_dict(TrainConfig, _merge(to_dict(self.train), self.pretrain), "pretrain")
 
     def model(self, name: str) -> ModelConfig:
         if name not in self.models:

@@ -6,6 +6,7 @@ Kept apart from the loops so that a notebook, the CLI and ``torchrun`` run liter
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import random
 import shutil
 import time
@@ -76,14 +77,42 @@ def model_path(arch: str, defense: str, results: str | Path = "results") -> Path
     return Path(results) / "models" / arch / f"{defense}.pt"
 
 
+def pretrained_path(arch: str, results: str | Path = "results") -> Path:
+    """Where the pretrain stage puts the clean model that every trained defense of ``arch`` starts from."""
+    return Path(results) / "pretrained" / f"{arch}.pt"
+
+
+def pretrain(params: Params, arch: str, *, results: str | Path = "results", progress: bool = True,
+             fit_options: dict | None = None) -> list[dict]:
+    """The pretrain stage: clean Proxy-Anchor training of ``arch`` with the ``pretrain`` schedule. On glyphs it
+    stands in for the paper's ImageNet weights: every defense then fine-tunes the same clean network (ensemble
+    members each start from it), so no defense pays, or is judged on, escaping the loss plateau of a random
+    network under attack (adversarial Proxy-Anchor training from scratch stays there for 20+ epochs)."""
+    return train(params, arch, "standard", train_cfg=params.pretrain_config(), init=None,
+                 out_path=pretrained_path(arch, results), run_dir=Path("runs") / "pretrain" / arch,
+                 progress=progress, fit_options=fit_options)
+
+
+def initialize_from(model: torch.nn.Module, path: str | Path) -> dict:
+    """Load the network saved at ``path`` into ``model`` (into every member of an ensemble); returns what to
+    record about it (path and content hash), so a resumed run can tell a changed starting point."""
+    state = checkpoint.load(path)
+    for member in getattr(model, "members", [model]):
+        member.load_state_dict(state["state_dict"])
+    return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
+
+
 def train(params: Params, arch: str, defense: str = "standard", *, options=None, train_cfg: TrainConfig | None = None,
-          out_path: str | Path | None = None, run_dir: str | Path | None = None, splits: DataSplits | None = None,
+          init: str | Path | None = "pretrained", out_path: str | Path | None = None,
+          run_dir: str | Path | None = None, splits: DataSplits | None = None, results: str | Path = "results",
           progress: bool = True, fit_options: dict | None = None) -> list[dict]:
     """Train ``defense`` (a training defense) on architecture family ``arch``.
 
     ``options`` and ``train_cfg`` default to ``defenses.<defense>`` and ``train`` of ``params`` (ablations
-    override them). The final model goes to ``out_path`` (default ``results/models/<arch>/<defense>.pt``);
-    per-epoch checkpoints go to ``run_dir`` (default ``runs/<arch>/<defense>``, outside the DVC outputs), so an
+    override them). ``init``: "pretrained" (default) starts from the pretrain stage's model when ``params``
+    has a ``pretrain`` section, else from scratch; a path starts from that saved network; None from scratch.
+    The final model goes to ``out_path`` (default ``results/models/<arch>/<defense>.pt``); per-epoch
+    checkpoints go to ``run_dir`` (default ``runs/<arch>/<defense>``, outside the DVC outputs), so an
     interrupted stage resumes where it stopped. ``fit_options``: extra keyword arguments of
     :func:`eatlib.train.fit` (e.g. ``{"sync_bn": True}`` under torchrun).
     """
@@ -103,9 +132,14 @@ def train(params: Params, arch: str, defense: str = "standard", *, options=None,
         seed=params.seed,
     )
     meta = {"arch": arch, "model": to_dict(params.model(arch)), "data": to_dict(params.data), **setup.meta}
+    if init == "pretrained":
+        init = pretrained_path(arch, results) if params.pretrain is not None else None
+    if init is not None:
+        meta["init"] = initialize_from(setup.model, init)
     return fit(setup.model.to(device), setup.criterion.to(device), splits.train, splits.val, train_cfg,
                out_dir=run_dir or Path("runs") / arch / defense, seed=params.seed, step=setup.step,
-               progress=progress, meta=meta, final_path=out_path or model_path(arch, defense), **(fit_options or {}))
+               progress=progress, meta=meta, final_path=out_path or model_path(arch, defense, results),
+               **(fit_options or {}))
 
 
 def evaluate_clean(params: Params, model_path: str | Path, *, splits: DataSplits | None = None) -> dict:
@@ -230,6 +264,8 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
     splits = None
     for arch in params.pipeline.archs:
         histories = {d: load_history(model_path(arch, d, results)) for d in params.pipeline.trained_defenses}
+        if pretrained_path(arch, results).exists():
+            histories = {"pretrain (clean start)": load_history(pretrained_path(arch, results)), **histories}
         plot_training_curves(histories, figures_dir / f"training_{arch}.png")
         figures.append(figures_dir / f"training_{arch}.png")
         for defense in tsne_defenses:
@@ -241,6 +277,9 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
                 plot_tsne(clean, adversarial, labels, path, seed=params.seed, title=f"{arch} / {defense}")
                 figures.append(path)
     timings = {"data": checkpoint.read_json(Path(params.data.prepared) / "summary.json")["seconds"]}
+    for arch in params.pipeline.archs:
+        if pretrained_path(arch, results).exists():
+            timings[f"pretrain/{arch}"] = training_cost(pretrained_path(arch, results))["train_seconds"]
     for run in load_metrics(results):
         if run.defense in params.pipeline.trained_defenses:
             timings[f"train/{run.arch}/{run.defense}"] = run.data["cost"]["train_seconds"]

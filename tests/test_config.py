@@ -43,6 +43,8 @@ def test_defaults_fill_in_and_nested_sections_are_typed():
         ({"models": {"small": {"arch": "vgg"}}}, r"models\.small\.arch: got 'vgg'; allowed: .*cnn4"),
         ({"models": {"small": {}}}, r"models\.small\.arch: required key is missing"),
         ({"device": "tpu"}, r"device: got 'tpu'"),
+        ({"pretrain": {"epocs": 5}}, r"pretrain: got \['epocs'\]; allowed: keys of train"),
+        ({"pretrain": {"epochs": 5, "lr_milestones": [15]}}, r"pretrain\.lr_milestones: got \[15\]"),
         ({"train": {"freeze_bn": "yes"}}, r"train\.freeze_bn: got 'yes'; allowed: true or false"),
         ({"pipeline": {"archs": ["big"]}}, r"pipeline\.archs: got \['big'\]; allowed: keys of models"),
         ({"pipeline": {"archs": ["small"], "trained_defenses": ["pgd_at"]}}, r"trained_defenses: .*'standard'"),
@@ -72,3 +74,13 @@ def test_load_params_reads_yaml(tmp_path):
     assert load_params(path).seed == 7
     with pytest.raises(ConfigError, match="does not exist"):
         load_params(tmp_path / "missing.yaml")
+
+
+def test_pretrain_is_train_with_its_own_keys_changed():
+    params = from_dict(Params, minimal(train={"epochs": 10, "lr": 0.001, "lr_milestones": [8]},
+                                       pretrain={"epochs": 20, "lr": 0.003, "lr_milestones": [15]}))
+    schedule = params.pretrain_config()
+    assert (schedule.epochs, schedule.lr, schedule.lr_milestones) == (20, 0.003, [15])
+    assert schedule.batch_size == params.train.batch_size and schedule.loss == params.train.loss
+    with pytest.raises(ConfigError, match="pretrain: null"):
+        from_dict(Params, minimal()).pretrain_config()

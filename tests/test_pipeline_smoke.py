@@ -23,6 +23,7 @@ def tiny_profile(params: dict) -> dict:
     params["pipeline"] = {"archs": ["resnet", "mobilenet"], "trained_defenses": ["standard", "pgd_at", "eat"],
                           "inference_defenses": ["randomization"]}
     params["train"].update(epochs=2, batch_size=8, samples_per_class=4, lr_milestones=[2])
+    params["pretrain"] = {"epochs": 1, "lr_milestones": []}
     for defense in ("pgd_at", "eat"):
         params["defenses"][defense]["attack"].update(steps=1, warmup_epochs=1)
     params["defenses"]["eat"]["members"] = 2
