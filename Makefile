@@ -6,8 +6,9 @@ STAMP  := $(VENV)/.installed
 # Stages call papermill and jupyter from the venv; DVC's usage analytics stay off.
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
 LAB_PORT ?= 8888
+DATASET  ?= cub200
 
-.PHONY: env repro test lint lab clean-env
+.PHONY: env repro paper test lint lab clean-env
 
 env: $(STAMP)
 
@@ -27,6 +28,13 @@ repro: env
 	[ -n "$$(ls -A data)" ] || $(RUN) $(BIN)/dvc add -q data
 	$(RUN) $(BIN)/dvc repro
 	$(BIN)/python scripts/readme_table.py
+
+# The paper-scale profile on one placed dataset (cub200 | cars196 | inshop) as a DVC experiment: params-paper.yaml
+# laid over params.yaml with -S overrides (eatlib.profiles), so params.yaml itself stays the glyphs profile.
+paper: env
+	$(BIN)/python -c "from eatlib.data import load_splits; load_splits('$(DATASET)', 'data')" > /dev/null
+	$(RUN) $(BIN)/dvc exp run --name paper-$(DATASET) \
+		$$($(BIN)/python -m eatlib.profiles params-paper.yaml) -S data.name=$(DATASET)
 
 test: env
 	$(RUN) $(BIN)/python -m pytest

@@ -42,24 +42,33 @@ def _run(args, cwd, env):
     return done.stdout
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A copy of the tracked files, with the tiny profile, after one `dvc repro`."""
-    copy = tmp_path_factory.mktemp("repo")
+def reproduce(copy: Path, params: dict, prepare=None):
+    """Copy the tracked files to ``copy``, write ``params`` as its params.yaml, call ``prepare(copy)`` (e.g. to
+    place a dataset under data/), and run `dvc repro` there as `make repro` does. Returns (env, dvc command)."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     for name in filter(None, tracked.decode().split("\0")):
         if (ROOT / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)
-    params = tiny_profile(yaml.safe_load((copy / "params.yaml").read_text()))
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "DVC_NO_ANALYTICS": "1"}
     dvc = [str(Path(sys.executable).parent / "dvc")]
     _run([*dvc, "config", "core.no_scm", "true"], copy, env)
     (copy / "data").mkdir(exist_ok=True)
+    if prepare is not None:
+        prepare(copy)
     _run([*dvc, "add", "-q", "data"], copy, env)  # what `make repro` does for an empty data/
     _run([*dvc, "repro"], copy, env)
+    return env, dvc
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A copy of the tracked files, with the tiny profile, after one `dvc repro`."""
+    copy = tmp_path_factory.mktemp("repo")
+    params = tiny_profile(yaml.safe_load((ROOT / "params.yaml").read_text()))
+    env, dvc = reproduce(copy, params)
     return copy, params, env, dvc
 
 
