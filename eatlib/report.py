@@ -194,12 +194,13 @@ def _format_eps(eps) -> str:
     return f"{float(eps):.4g}"
 
 
-def describe_attack(run: RunResult, attack_id: str | None = None) -> str:
+def describe_attack(run: RunResult, attack_id: str | None = None, *, eot: bool = True) -> str:
     """``"pgd20_centroid (eps=8/255, norm=linf, steps=20)"`` from the attack's ``spec`` (the headline by default)."""
     attack_id = attack_id or run.get("headline")
     spec = run.get("attacks", attack_id, "spec")
     parts = [f"eps={_format_eps(run.get('attacks', attack_id, 'spec', 'eps'))}"]
-    parts += [f"{key}={spec[key]}" for key in ("norm", "target", "steps", "restarts", "eot") if key in spec]
+    keys = ("norm", "target", "steps", "restarts", "eot") if eot else ("norm", "target", "steps", "restarts")
+    parts += [f"{key}={spec[key]}" for key in keys if key in spec]
     return f"{attack_id} ({', '.join(parts)})"
 
 
@@ -210,11 +211,18 @@ def _describe_subset(run: RunResult) -> str:
 
 def _one_or_many(values: list[str], what: str) -> str:
     unique = list(dict.fromkeys(values))
-    return unique[0] if len(unique) == 1 else f"{what} differ between runs: " + "; ".join(unique)
+    return unique[0] if len(unique) == 1 else f"({what} differ between runs: " + "; ".join(unique) + ")"
+
+
+def _eot_note(runs: list[RunResult]) -> str:
+    """How randomised defenses were attacked: the same attacks with gradients averaged over random draws."""
+    draws = sorted({run.get("attacks", run.get("headline"), "spec").get("eot", 1) for run in runs
+                    if run.data.get("randomized")})
+    return f" (with EOT over {', '.join(map(str, draws))} draws against randomised defenses)" if draws else ""
 
 
 def _caption(runs: list[RunResult], title: str) -> str:
-    attacks = _one_or_many([describe_attack(run) for run in runs], "headline attacks")
+    attacks = _one_or_many([describe_attack(run, eot=False) for run in runs], "headline attacks") + _eot_note(runs)
     subsets = _one_or_many([_describe_subset(run) for run in runs], "test subsets")
     suite_sizes = sorted({len(run.get("attacks")) for run in runs})
     suite = f"{suite_sizes[0]} attacks" if len(suite_sizes) == 1 else "each run's attack suite"

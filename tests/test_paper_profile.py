@@ -33,7 +33,7 @@ def test_the_paper_profile_is_the_protocol_of_paper_md():
 def test_overlay_replaces_values_and_empty_mappings_and_refuses_unknown_keys():
     base = {"a": {"x": 1, "y": {"deep": 2}}, "b": [1]}
     assert overlay(base, {"a": {"x": 5}, "b": [2, 3]}) == {"a": {"x": 5, "y": {"deep": 2}}, "b": [2, 3]}
-    assert overlay(base, {"a": {"y": {}}}) == {"a": {"x": 1, "y": {}}}
+    assert overlay(base, {"a": {"y": {}}}) == {"a": {"x": 1, "y": {}}, "b": [1]}
     assert base == {"a": {"x": 1, "y": {"deep": 2}}, "b": [1]}  # not modified
     with pytest.raises(KeyError, match="a.z"):
         overlay(base, {"a": {"z": 1}})

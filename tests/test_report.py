@@ -236,3 +236,15 @@ def test_members_may_give_the_headline_scores_under_attacks(results):
     path.write_text(json.dumps(data))
     with pytest.raises(report.ResultsError, match=r"eat\.json.*'members\.1\.attacks\.pgd20_centroid\.f1'"):
         report.main_table(report.load_metrics(root))
+
+
+def test_caption_names_one_headline_and_the_eot_draws_of_randomised_defenses(results):
+    root, _ = results
+    path = root / "metrics" / "resnet" / "randomization.json"
+    randomized = _result(np.random.default_rng(1), "resnet", "randomization") | {"randomized": True}
+    randomized["attacks"]["pgd20_centroid"]["spec"]["eot"] = 4
+    path.write_text(json.dumps(randomized))
+    report.write_tables(root, root / "tables")
+    caption = (root / "tables" / "main.md").read_text().splitlines()[0]
+    assert "differ between runs" not in caption and caption.count("pgd20_centroid (eps=8/255") == 1
+    assert "with EOT over 4 draws against randomised defenses" in caption
