@@ -7,7 +7,7 @@ k-means + clustering metrics, and for Recall@K + MAP@R, on 10,000 random cluster
     .venv/bin/python benchmarks/throughput.py
     .venv/bin/python benchmarks/throughput.py --models cnn4 resnet18:stem=cifar mobilenet_v2:width_mult=0.5
 
-A model spec is ``arch[:option=value,...]`` (values parsed as int, float, or left as text). Timings are medians
+A model spec is ``arch[:option=value,...]`` (values parsed as bool, int, float, or left as text). Timings are medians
 of the timed repetitions; on a shared machine they are noisy, so compare rows from one run.
 """
 
@@ -26,6 +26,8 @@ from eatlib.models import build_model
 
 DEFAULT_MODELS = [
     "cnn4",
+    "resnet18:width=16",  # params.yaml's two 32px families
+    "mobilenet_v2:width_mult=0.5,max_blocks=1,last_conv=true",
     "resnet18",
     "resnet50",
     "mobilenet_v2",
@@ -41,6 +43,8 @@ STEM_CANDIDATES = [
 
 
 def parse_value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
     for cast in (int, float):
         try:
             return cast(text)
@@ -132,13 +136,13 @@ def main(argv=None) -> None:
     specs = list(args.models) + ([s for s in STEM_CANDIDATES if s not in args.models] if args.stems else [])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.image_size}px, Proxy-Anchor + AdamW")
-    print(f"{'model':45s} {'train img/s':>12s}")
+    print(f"{'model':58s} {'train img/s':>12s}")
     for spec in specs:
         rate = train_throughput(
             spec, batch=args.batch, image_size=args.image_size, steps=args.steps, warmup=args.warmup,
             classes=args.classes,
         )
-        print(f"{spec:45s} {rate:12.0f}", flush=True)
+        print(f"{spec:58s} {rate:12.0f}", flush=True)
 
     if not args.skip_eval:
         cost = evaluation_cost(args.eval_n, args.eval_dim, args.eval_clusters, args.eval_repeats)
