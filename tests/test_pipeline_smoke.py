@@ -47,7 +47,8 @@ def reproduce(copy: Path, params: dict, prepare=None):
     place a dataset under data/), and run `dvc repro` there as `make repro` does. Returns (env, dvc command)."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     for name in filter(None, tracked.decode().split("\0")):
-        if (ROOT / name).is_file():
+        # The committed results and lock of the full run are what the copy must produce, not start from.
+        if (ROOT / name).is_file() and not name.startswith("results/") and name != "dvc.lock":
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
