@@ -93,10 +93,7 @@ def _train(args) -> None:
     member_devices = args.member_devices.split(",") if args.member_devices else None
     check_train_request(params, args.arch, args.defense, args.out, sync_bn=args.sync_bn,
                         member_devices=member_devices)
-    if args.init == "pretrained":
-        init = pipeline.pretrained_path(args.arch) if params.pretrain is not None else None
-    else:
-        init = None if args.init == "none" else args.init
+    init = pipeline.resolve_init(params, args.arch, args.init)
     if init is not None and not Path(init).is_file():
         raise ConfigError(f"--init: got {args.init!r}, but {init} does not exist; allowed: 'pretrained' once the "
                           f"pretrain stage has run (dvc repro pretrain@{args.arch}), 'none' (from scratch), or the "

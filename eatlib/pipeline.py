@@ -93,6 +93,14 @@ def pretrain(params: Params, arch: str, *, results: str | Path = "results", prog
                  progress=progress, fit_options=fit_options)
 
 
+def resolve_init(params: Params, arch: str, init: str | Path | None, results: str | Path = "results") -> Path | None:
+    """The network a run starts from: "pretrained" is the pretrain stage's model of ``arch`` when ``params`` has a
+    ``pretrain`` section (else None: from scratch); "none" or None is from scratch; anything else is a path."""
+    if init == "pretrained":
+        return pretrained_path(arch, results) if params.pretrain is not None else None
+    return None if init in (None, "none") else Path(init)
+
+
 def initialize_from(model: torch.nn.Module, path: str | Path) -> dict:
     """Load the network saved at ``path`` into ``model`` (into every member of an ensemble); returns what to
     record about it (path and content hash), so a resumed run can tell a changed starting point."""
@@ -132,8 +140,7 @@ def train(params: Params, arch: str, defense: str = "standard", *, options=None,
         seed=params.seed,
     )
     meta = {"arch": arch, "model": to_dict(params.model(arch)), "data": to_dict(params.data), **setup.meta}
-    if init == "pretrained":
-        init = pretrained_path(arch, results) if params.pretrain is not None else None
+    init = resolve_init(params, arch, init, results)
     if init is not None:
         meta["init"] = initialize_from(setup.model, init)
     return fit(setup.model.to(device), setup.criterion.to(device), splits.train, splits.val, train_cfg,
@@ -253,7 +260,7 @@ def headline_embeddings(params: Params, arch: str, defense: str, *, splits: Data
 def report(params: Params, results: str | Path = "results", *, tsne_defenses=("standard", "eat")) -> dict:
     """The report stage: tables, figures and the stage timings, all from what the earlier stages wrote."""
     from eatlib.plots import load_history, plot_training_curves, plot_tsne, write_figures
-    from eatlib.report import load_metrics, write_tables
+    from eatlib.report import load_ablation, load_metrics, write_tables
 
     started = time.perf_counter()
     results = Path(results)
@@ -284,6 +291,11 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
         if run.defense in params.pipeline.trained_defenses:
             timings[f"train/{run.arch}/{run.defense}"] = run.data["cost"]["train_seconds"]
         timings[f"attack/{run.arch}/{run.defense}"] = run.data["seconds"]
+    for run in load_ablation(results):
+        variant = run.path.stem
+        if "reuses" not in run.data:  # a reused model's training is the main run's, counted above
+            timings[f"ablation/{variant}/train"] = run.data["cost"]["train_seconds"]
+        timings[f"ablation/{variant}/attack"] = run.data["seconds"]
     timings["report"] = time.perf_counter() - started
     timings["total"] = sum(timings.values())
     checkpoint.write_json({k: round(v, 1) for k, v in timings.items()}, results / "timings.json")
