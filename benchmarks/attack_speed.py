@@ -9,12 +9,13 @@
    printed; ours must not be slower than 1.1x.
 2. The fused ``centroid`` objective (one dot product per sample) against an unfused one (all squared distances
    to the K centres, then a gather), to show whether the objective's form matters next to the network.
-3. Adversarial images/s of the headline attack (PGD-20 L-inf, centroid, nearest target) per backbone at 32px
-   (cnn4, resnet18, mobilenet_v2) and for a 3-member cnn4 Ensemble; random weights (the cost does not depend
-   on them).
+3. Adversarial images/s of the headline attack (PGD-20 L-inf, centroid) per backbone at 32px (params.yaml's two
+   families, stock cnn4, resnet18, mobilenet_v2) and for a 3-member cnn4 Ensemble, on the network as trained
+   and on its BatchNorm-folded copy (``fold_batchnorm``, what ``evaluate_robustness`` attacks); random weights
+   (the cost does not depend on them).
 
     .venv/bin/python benchmarks/attack_speed.py [--batch 128] [--steps 20] [--repeats 5] [--threads N]
-        [--backbone-batch 32] [--backbone-repeats 2] [--archs cnn4,resnet18,mobilenet_v2,ensemble]
+        [--backbone-batch 250] [--backbone-repeats 2] [--archs cnn4 resnet18:width=16 ... ensemble]
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ import time
 
 import torch
 import torch.nn.functional as F
+from throughput import parse_spec  # benchmarks/throughput.py, beside this script
 from torch import nn
 
 from eatlib.attacks import HEADLINE, PGD, Centroid, Objective, build_attack
+
+ARCHS = ["resnet18:width=16", "mobilenet_v2:width_mult=0.5,max_blocks=1,last_conv=true",  # params.yaml's two
+         "cnn4", "resnet18", "mobilenet_v2", "ensemble"]
 
 
 class ProxyClassifier(nn.Module):
@@ -165,14 +170,15 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--backbone-batch", type=int, default=32, help="batch for the per-backbone rates")
+    parser.add_argument("--backbone-batch", type=int, default=250,
+                        help="batch for the per-backbone rates (default: params.yaml's attacks.batch_size)")
     parser.add_argument("--backbone-repeats", type=int, default=2)
-    parser.add_argument("--archs", default="cnn4,resnet18,mobilenet_v2,ensemble",
-                        help="comma-separated backbones for part 3 ('ensemble': 3 x cnn4; empty: skip)")
+    parser.add_argument("--archs", nargs="*", default=ARCHS,
+                        help="model specs arch[:key=value,...] for part 3 ('ensemble': 3 x cnn4; none: skip)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    from eatlib.models import Ensemble, build_model
+    from eatlib.models import Ensemble, build_model, fold_batchnorm
 
     torch.manual_seed(0)
     images = torch.rand(args.batch, 3, 32, 32)
@@ -182,17 +188,21 @@ def main():
     ratio = compare_with_torchattacks(net, images, args)
     print("2. centroid objective, fused vs unfused, cnn4", flush=True)
     fused_vs_unfused(net, images, args)
-    archs = [a for a in args.archs.split(",") if a]
-    if archs:
-        print(f"3. headline attack (PGD-{args.steps} L-inf 8/255, step 2/255, centroid nearest), adversarial "
-              f"images/s at 32px, batch {args.backbone_batch}, best of {args.backbone_repeats}", flush=True)
-        for arch in archs:
-            if arch == "ensemble":
+    if args.archs:
+        print(f"3. headline attack (PGD-{args.steps} L-inf 8/255, step 2/255, centroid), adversarial images/s at "
+              f"32px, batch {args.backbone_batch}, best of {args.backbone_repeats}: as trained | BatchNorm folded",
+              flush=True)
+        batch = torch.rand(args.backbone_batch, 3, 32, 32)
+        for spec in args.archs:
+            if spec == "ensemble":
                 model = Ensemble([build_model("cnn4", embedding_dim=128, image_size=32) for _ in range(3)])
-                arch = "3 x cnn4 ensemble"
+                spec = "3 x cnn4 ensemble"
             else:
-                model = build_model(arch, embedding_dim=128, image_size=32)
-            print(f"  {arch:18s} {headline_rate(model.eval(), images[: args.backbone_batch], args):7.1f}", flush=True)
+                arch, options = parse_spec(spec)
+                model = build_model(arch, embedding_dim=128, image_size=32, **options)
+            plain = headline_rate(model.eval(), batch, args)
+            folded = headline_rate(fold_batchnorm(model), batch, args)
+            print(f"  {spec:58s} {plain:7.1f} | {folded:7.1f}  ({folded / plain:.2f}x)", flush=True)
     verdict = "OK" if ratio <= 1.1 else "SLOWER THAN ALLOWED"
     print(f"ours / torchattacks time ratio {ratio:.3f} (must be <= 1.1): {verdict}", flush=True)
 

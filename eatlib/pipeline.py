@@ -20,7 +20,7 @@ from eatlib.config import Params, TrainConfig, to_dict
 from eatlib.data import DataSplits, load_splits
 from eatlib.evaluate import embed
 from eatlib.metrics import embedding_metrics
-from eatlib.models import Ensemble, build_model
+from eatlib.models import Ensemble, build_model, fold_batchnorm
 from eatlib.train import fit, load_model, resolve_device
 
 
@@ -249,7 +249,7 @@ def headline_embeddings(params: Params, arch: str, defense: str, *, splits: Data
     from eatlib.attacks import build_attack
     from eatlib.evaluate import _View, attack_embeddings, subset_indices
 
-    model = load_defended_model(params, arch, defense, splits, results)
+    model = fold_batchnorm(load_defended_model(params, arch, defense, splits, results))
     view = _View(splits.test, subset_indices(len(splits.test), images, params.seed))
     clean, labels = embed(model, view, batch_size=params.attacks.batch_size)
     attack = build_attack(params.attacks.specs()[0], model, clean_embeddings=clean, labels=labels, seed=params.seed)

@@ -275,7 +275,8 @@ def ablation_table(runs: list[RunResult]) -> pd.DataFrame:
     values, then clean / robust / worst-case scores and cost."""
     if not runs:
         raise ResultsError("no ablation results to tabulate; run the ablation stages first (dvc repro)")
-    params = list(dict.fromkeys(key for run in runs for key in run.get("variant")))
+    # A variant's "defense" (and "arch") already have their own columns.
+    params = list(dict.fromkeys(key for run in runs for key in run.get("variant") if key not in ("defense", "arch")))
     rows = {}
     for run in runs:
         variant = run.get("variant")

@@ -58,8 +58,9 @@ def write_synthetic_results(root: Path, seed: int = 0) -> dict[tuple[str, str], 
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(result))
             written[(arch, defense)] = result
-    for stem, variant in (("members_5", {"members": 5, "split": "holdout_one"}),
-                          ("split_disjoint", {"split": "disjoint"})):
+    # As the pipeline writes them: the variant names its defense.
+    for stem, variant in (("members_5", {"defense": "eat", "members": 5, "split": "holdout_one"}),
+                          ("split_disjoint", {"defense": "eat", "split": "disjoint"})):
         result = _result(rng, "resnet", "eat") | {"variant": variant}
         path = root / "ablation" / f"{stem}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
 - ``ARCHITECTURES``: "cnn4", "resnet18", "resnet50", "mobilenet_v2"
 - ``Ensemble(members, aggregate="concat" | "mean" | int)``
 - ``model_from_config(config)``: rebuild a network or an ensemble from its ``.config`` (architecture only).
+- ``fold_batchnorm(model)``: an eval-mode copy with BatchNorm folded into the convolutions (faster attacks).
 
 Inputs are pixel-space images ``[B, 3, S, S]`` in [0, 1]; outputs are L2-normalised ``[B, D]``.
 """
@@ -15,6 +16,7 @@ from typing import Any
 from eatlib.models.backbones import ARCHITECTURES
 from eatlib.models.embedding import EmbeddingNet, build_model, check_pixel_range
 from eatlib.models.ensemble import AGGREGATES, Ensemble
+from eatlib.models.fold import fold_batchnorm
 from eatlib.models.pretrained import PretrainedWeightsUnavailable
 
 
@@ -35,5 +37,6 @@ __all__ = [
     "PretrainedWeightsUnavailable",
     "build_model",
     "check_pixel_range",
+    "fold_batchnorm",
     "model_from_config",
 ]
