@@ -25,9 +25,9 @@ from dataclasses import replace
 
 import torch
 
-from eatlib.config import load_params
 from eatlib.data import ClassBalancedBatchSampler
 from eatlib.defenses import TRAINING_DEFENSES, build_training
+from eatlib.load import load_params
 from eatlib.models import build_model
 from eatlib.pipeline import build_network, load_data
 from eatlib.train import Batch, ForwardCounter, build_optimizer

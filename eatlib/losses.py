@@ -6,8 +6,12 @@ get their own learning rate (Proxy-Anchor's proxies train at 100x the backbone's
 
 from __future__ import annotations
 
+from functools import partial
+
 from pytorch_metric_learning import distances, losses, miners
 from torch import nn
+
+from eatlib import params
 
 
 def proxy_anchor(num_classes: int, embedding_dim: int, *, margin: float = 0.1, alpha: float = 32.0) -> nn.Module:
@@ -37,6 +41,15 @@ class _MinedLoss(nn.Module):
 
 
 LOSSES = {"proxy_anchor": proxy_anchor, "triplet": triplet, "contrastive": contrastive}
+
+
+def _check_options(build, options, key: str) -> None:
+    """``train.loss.options``: the loss's own keyword options (the sizes come from the data and the model)."""
+    params.check_keywords(build, options, key, skip=("num_classes", "embedding_dim"))
+
+
+for _name, _build in LOSSES.items():
+    params.LOSSES.register(_name, partial(_check_options, _build))
 
 
 def build_loss(name: str, num_classes: int, embedding_dim: int, **options) -> nn.Module:

@@ -19,13 +19,13 @@ import json
 import math
 import re
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from eatlib.atomic import write_atomic
+from eatlib.params import format_eps
 
 CANONICAL_DEFENSES = (
     "standard", "input_transform", "randomization", "bart", "mixup_inference",
@@ -175,30 +175,11 @@ def _run_row(run: RunResult) -> dict[tuple, float]:
     return row
 
 
-def parse_eps(value) -> float:
-    """An eps as written in results or params: a number or a fraction string such as ``"8/255"``."""
-    if isinstance(value, str):
-        try:
-            return float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError) as error:
-            raise ValueError(f"eps {value!r} is neither a number nor a fraction like '8/255'") from error
-    return float(value)
-
-
-def _format_eps(eps) -> str:
-    if isinstance(eps, str):
-        return eps
-    fraction = Fraction(float(eps) * 255).limit_denominator(8)
-    if abs(float(fraction) - float(eps) * 255) < 1e-6:
-        return f"{fraction}/255" if fraction.denominator == 1 else f"({fraction})/255"
-    return f"{float(eps):.4g}"
-
-
 def describe_attack(run: RunResult, attack_id: str | None = None, *, eot: bool = True) -> str:
     """``"pgd20_centroid (eps=8/255, norm=linf, steps=20)"`` from the attack's ``spec`` (the headline by default)."""
     attack_id = attack_id or run.get("headline")
     spec = run.get("attacks", attack_id, "spec")
-    parts = [f"eps={_format_eps(run.get('attacks', attack_id, 'spec', 'eps'))}"]
+    parts = [f"eps={format_eps(run.get('attacks', attack_id, 'spec', 'eps'))}"]
     keys = ("norm", "target", "steps", "restarts", "eot") if eot else ("norm", "target", "steps", "restarts")
     parts += [f"{key}={spec[key]}" for key in keys if key in spec]
     return f"{attack_id} ({', '.join(parts)})"

@@ -3,7 +3,8 @@
 import pytest
 import yaml
 
-from eatlib.config import ConfigError, Params, TrainConfig, from_dict, load_params, parse_number
+from eatlib.load import load_params
+from eatlib.params import ConfigError, Params, TrainConfig, from_dict, parse_number
 
 
 def minimal(**overrides):
@@ -48,7 +49,8 @@ def test_defaults_fill_in_and_nested_sections_are_typed():
         ({"train": {"freeze_bn": "yes"}}, r"train\.freeze_bn: got 'yes'; allowed: true or false"),
         ({"pipeline": {"archs": ["big"]}}, r"pipeline\.archs: got \['big'\]; allowed: keys of models"),
         ({"pipeline": {"archs": ["small"], "trained_defenses": ["pgd_at"]}}, r"trained_defenses: .*'standard'"),
-        ({"pipeline": {"archs": ["small"], "trained_defenses": ["standard", "magic"]}}, r"got \['magic'\]"),
+        ({"pipeline": {"archs": ["small"], "trained_defenses": ["standard", "magic"]}},
+         r"pipeline\.trained_defenses\[1\]: got 'magic'"),
         ({"defenses": {"eat": {"members": 1}}}, r"defenses\.eat\.members: got 1"),
         ({"defenses": {"eat": {"split": "halves"}}}, r"defenses\.eat\.split: got 'halves'"),
         ({"defenses": {"armor": {}}}, r"defenses: got 'armor'; allowed: .*'eat'.*'randomization'"),

@@ -33,8 +33,6 @@ from eatlib.attacks.spec import (
     SpecError,
     allowed_keys,
     eps_sweep,
-    format_eps,
-    parse_eps,
     validate_spec,
     validate_suite,
 )
@@ -42,7 +40,7 @@ from eatlib.attacks.spec import (
 __all__ = [
     "Attack", "CW", "FGSM", "MIFGSM", "PGD", "UniformNoise", "OPTIMIZERS", "NORMS",
     "Objective", "EmbeddingShift", "Centroid", "SoftAssignment", "DMLLoss", "OBJECTIVES", "kmeans_centres",
-    "HEADLINE", "SWEEP_EPS", "SpecError", "allowed_keys", "eps_sweep", "format_eps", "parse_eps",
+    "HEADLINE", "SWEEP_EPS", "SpecError", "allowed_keys", "eps_sweep",
     "validate_spec", "validate_suite", "build_objective", "build_attack", "value_and_grad", "expected_value",
 ]
 
@@ -50,15 +48,7 @@ __all__ = [
 def build_objective(spec: Mapping, *, seed: int = 0) -> Objective:
     """The (unprepared) objective a spec names; ``seed`` seeds its k-means and random targets."""
     spec = validate_spec(spec)
-    name = spec["objective"]
-    if name == "centroid":
-        return Centroid(spec["target"], spec["margin"], candidates=spec["candidates"], push=spec["push"],
-                        n_clusters=spec["n_clusters"], seed=seed)
-    if name == "soft_assignment":
-        return SoftAssignment(spec["temperature"], n_clusters=spec["n_clusters"], seed=seed)
-    if name == "dml_loss":
-        return DMLLoss(margin=spec["loss_margin"], alpha=spec["loss_alpha"])
-    return EmbeddingShift()
+    return OBJECTIVES[spec["objective"]].from_spec(spec, seed=seed)
 
 
 def build_attack(
@@ -88,16 +78,4 @@ def build_attack(
         objective.prepare(clean_embeddings, labels)
     common = {"eps": spec["eps"], "norm": spec["norm"], "restarts": spec["restarts"], "eot_samples": spec["eot"],
               "seed": seed, "amp": amp, "channels_last": channels_last}
-    name = spec["optimizer"]
-    if name == "pgd":
-        return PGD(model, objective, alpha=spec["alpha"], steps=spec["steps"], random_start=spec["random_start"],
-                   **common)
-    if name == "fgsm":
-        return FGSM(model, objective, random_start=spec["random_start"], **common)
-    if name == "mifgsm":
-        return MIFGSM(model, objective, alpha=spec["alpha"], steps=spec["steps"], decay=spec["decay"],
-                      random_start=spec["random_start"], **common)
-    if name == "cw":
-        kappa = float("inf") if spec["kappa"] is None else spec["kappa"]
-        return CW(model, objective, c=spec["c"], kappa=kappa, steps=spec["steps"], lr=spec["lr"], **common)
-    return UniformNoise(model, objective, **common)
+    return OPTIMIZERS[spec["optimizer"]].from_spec(model, objective, spec, **common)

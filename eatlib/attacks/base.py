@@ -38,6 +38,13 @@ class Attack:
     """
 
     norms: tuple[str, ...] = NORMS
+    # The spec keys of this optimiser (eatlib.attacks.spec): key -> (default, kind, allowed values or None).
+    spec_keys: dict[str, tuple] = {}
+
+    @classmethod
+    def from_spec(cls, model: nn.Module, objective: Objective, spec: dict, **common) -> Attack:
+        """The attack a validated spec names; its own keys are constructor arguments of the same names."""
+        return cls(model, objective, **{key: spec[key] for key in cls.spec_keys}, **common)
 
     def __init__(
         self,

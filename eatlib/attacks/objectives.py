@@ -42,6 +42,13 @@ class Objective:
 
     name = "objective"
     needs_labels = False
+    # The spec keys of this objective (eatlib.attacks.spec): key -> (default, kind, allowed values or None).
+    spec_keys: dict[str, tuple] = {}
+
+    @classmethod
+    def from_spec(cls, spec: dict, *, seed: int = 0) -> Objective:
+        """The (unprepared) objective a validated spec names; ``seed`` seeds its k-means and random targets."""
+        return cls()
 
     def __init__(self):
         self._state: dict[str, torch.Tensor] | None = None
@@ -147,6 +154,13 @@ class Centroid(Objective):
 
     name = "centroid"
     TARGETS = ("nearest", "random")
+    spec_keys = {"target": ("nearest", "str", TARGETS), "candidates": (1, "int", None),
+                 "push": (1.0, "nonneg", None), "margin": (None, "kappa", None), "n_clusters": (None, "int", None)}
+
+    @classmethod
+    def from_spec(cls, spec, *, seed=0):
+        return cls(spec["target"], spec["margin"], candidates=spec["candidates"], push=spec["push"],
+                   n_clusters=spec["n_clusters"], seed=seed)
 
     def __init__(self, target: str = "nearest", margin: float | None = None, *, candidates: int = 1,
                  push: float = 1.0, n_clusters: int | None = None, seed: int = 0):
@@ -199,6 +213,11 @@ class SoftAssignment(Objective):
     ``p_j(z) = softmax_j(-|z - c_j|^2 / temperature)`` over the clean k-means centres."""
 
     name = "soft_assignment"
+    spec_keys = {"temperature": (0.05, "pos", None), "n_clusters": (None, "int", None)}
+
+    @classmethod
+    def from_spec(cls, spec, *, seed=0):
+        return cls(spec["temperature"], n_clusters=spec["n_clusters"], seed=seed)
 
     def __init__(self, temperature: float = 0.05, *, n_clusters: int | None = None, seed: int = 0):
         super().__init__()
@@ -241,6 +260,11 @@ class DMLLoss(Objective):
 
     name = "dml_loss"
     needs_labels = True
+    spec_keys = {"loss_margin": (0.1, "nonneg", None), "loss_alpha": (32.0, "pos", None)}
+
+    @classmethod
+    def from_spec(cls, spec, *, seed=0):
+        return cls(margin=spec["loss_margin"], alpha=spec["loss_alpha"])
 
     def __init__(self, loss: nn.Module | None = None, *, margin: float = 0.1, alpha: float = 32.0):
         super().__init__()

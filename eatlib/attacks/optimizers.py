@@ -28,6 +28,8 @@ class FGSM(Attack):
     """Fast gradient sign method (Goodfellow et al., 2015): one step of size ``eps`` (the fast gradient method
     for ``norm="l2"``); ``random_start`` steps from a uniform random point of the ball instead (Wong et al., 2020)."""
 
+    spec_keys = {"random_start": (False, "bool", None)}
+
     def __init__(self, model: nn.Module, objective: Objective, *, eps: float = 8 / 255, norm: str = "linf",
                  random_start: bool = False, **options):
         super().__init__(model, objective, eps=eps, norm=norm, **options)
@@ -43,6 +45,8 @@ class PGD(Attack):
     """Projected gradient ascent (Madry et al., 2018): ``steps`` steps of size ``alpha`` (sign steps for
     L-inf, normalised-gradient steps for L2), each projected back into the eps-ball and [0,1], from a uniform
     random point of the ball when ``random_start``. ``alpha`` defaults to ``eps / 4``."""
+
+    spec_keys = {"alpha": (None, "pos", None), "steps": (20, "int", None), "random_start": (True, "bool", None)}
 
     def __init__(self, model: nn.Module, objective: Objective, *, eps: float = 8 / 255, alpha: float | None = None,
                  steps: int = 20, norm: str = "linf", random_start: bool = True, **options):
@@ -71,6 +75,8 @@ class MIFGSM(Attack):
     momentum with factor ``decay``; sign steps of ``alpha`` (default ``eps / steps``) in the L-inf ball."""
 
     norms = ("linf",)
+    spec_keys = {"alpha": (None, "pos", None), "steps": (10, "int", None), "decay": (1.0, "nonneg", None),
+                 "random_start": (False, "bool", None)}
 
     def __init__(self, model: nn.Module, objective: Objective, *, eps: float = 8 / 255, alpha: float | None = None,
                  steps: int = 10, decay: float = 1.0, norm: str = "linf", random_start: bool = False, **options):
@@ -105,6 +111,13 @@ class CW(Attack):
     """
 
     norms = ("l2",)
+    spec_keys = {"c": (1.0, "pos", None), "kappa": (None, "kappa", None), "steps": (50, "int", None),
+                 "lr": (0.01, "pos", None)}
+
+    @classmethod
+    def from_spec(cls, model, objective, spec, **common):
+        kappa = float("inf") if spec["kappa"] is None else spec["kappa"]  # a spec's null: no cap
+        return cls(model, objective, c=spec["c"], kappa=kappa, steps=spec["steps"], lr=spec["lr"], **common)
 
     def __init__(self, model: nn.Module, objective: Objective, *, eps: float | None = None, c: float = 1.0,
                  kappa: float = float("inf"), steps: int = 50, lr: float = 0.01, norm: str = "l2", **options):

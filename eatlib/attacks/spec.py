@@ -15,34 +15,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from fractions import Fraction
+
+from eatlib import params
+from eatlib.attacks.objectives import OBJECTIVES
+from eatlib.attacks.optimizers import OPTIMIZERS
+from eatlib.params import ConfigError, format_eps, parse_eps
 
 # key -> (default, kind, allowed values or None). kind: "str", "eps", "pos", "nonneg", "int", "bool", "kappa".
+# The optimiser's and the objective's own keys are their classes' ``spec_keys``; their names are the registries'.
 _COMMON = {
     "name": (None, "name", None),
-    "optimizer": ("pgd", "str", ("fgsm", "pgd", "mifgsm", "cw", "noise")),
-    "objective": ("centroid", "str", ("embedding_shift", "centroid", "soft_assignment", "dml_loss")),
+    "optimizer": ("pgd", "str", OPTIMIZERS),  # the registries themselves: a name registered later is allowed too
+    "objective": ("centroid", "str", OBJECTIVES),
     "norm": ("linf", "str", ("linf", "l2")),
     "eps": (None, "eps", None),  # None: 8/255 for linf, 0.5 for l2
     "restarts": (1, "int", None),
     "eot": (1, "int", None),
-}
-_OPTIMIZER_KEYS = {
-    "fgsm": {"random_start": (False, "bool", None)},
-    "pgd": {"alpha": (None, "pos", None), "steps": (20, "int", None), "random_start": (True, "bool", None)},
-    "mifgsm": {"alpha": (None, "pos", None), "steps": (10, "int", None), "decay": (1.0, "nonneg", None),
-               "random_start": (False, "bool", None)},
-    "cw": {"c": (1.0, "pos", None), "kappa": (None, "kappa", None), "steps": (50, "int", None),
-           "lr": (0.01, "pos", None)},
-    "noise": {},
-}
-_OPTIMIZER_NORMS = {"mifgsm": ("linf",), "cw": ("l2",)}
-_OBJECTIVE_KEYS = {
-    "embedding_shift": {},
-    "centroid": {"target": ("nearest", "str", ("nearest", "random")), "candidates": (1, "int", None),
-                 "push": (1.0, "nonneg", None), "margin": (None, "kappa", None), "n_clusters": (None, "int", None)},
-    "soft_assignment": {"temperature": (0.05, "pos", None), "n_clusters": (None, "int", None)},
-    "dml_loss": {"loss_margin": (0.1, "nonneg", None), "loss_alpha": (32.0, "pos", None)},
 }
 
 # Random targets: toward the nearest other centre, whole clusters move onto their neighbours and stay pure, so
@@ -56,13 +44,13 @@ DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 SWEEP_EPS = (1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255)
 
 
-class SpecError(ValueError):
+class SpecError(ConfigError):
     """An attack spec with an unknown key or a bad value."""
 
 
 def allowed_keys(optimizer: str, objective: str) -> list[str]:
     """The keys a spec with this optimiser and objective may hold."""
-    return [*_COMMON, *_OPTIMIZER_KEYS[optimizer], *_OBJECTIVE_KEYS[objective]]
+    return [*_COMMON, *OPTIMIZERS[optimizer].spec_keys, *OBJECTIVES[objective].spec_keys]
 
 
 def validate_spec(spec: Mapping) -> dict:
@@ -71,7 +59,7 @@ def validate_spec(spec: Mapping) -> dict:
         raise SpecError(f"an attack spec must be a dict, got {type(spec).__name__}")
     out = {"optimizer": _check("optimizer", spec.get("optimizer", "pgd"), *_COMMON["optimizer"][1:]),
            "objective": _check("objective", spec.get("objective", "centroid"), *_COMMON["objective"][1:])}
-    table = {**_COMMON, **_OPTIMIZER_KEYS[out["optimizer"]], **_OBJECTIVE_KEYS[out["objective"]]}
+    table = {**_COMMON, **OPTIMIZERS[out["optimizer"]].spec_keys, **OBJECTIVES[out["objective"]].spec_keys}
     unknown = sorted(set(spec) - set(table))
     if unknown:
         raise SpecError(
@@ -83,10 +71,10 @@ def validate_spec(spec: Mapping) -> dict:
             continue
         value = spec.get(key, default)
         out[key] = value if value is None else _check(key, value, kind, choices)
-    norms = _OPTIMIZER_NORMS.get(out["optimizer"])
-    if norms and out["norm"] not in norms and "norm" not in spec:
+    norms = OPTIMIZERS[out["optimizer"]].norms
+    if out["norm"] not in norms and "norm" not in spec:
         out["norm"] = norms[0]
-    if norms and out["norm"] not in norms:
+    if out["norm"] not in norms:
         raise SpecError(f"key 'norm': optimizer {out['optimizer']!r} supports {list(norms)}, got {out['norm']!r}")
     if out["eps"] is None:
         out["eps"] = DEFAULT_EPS[out["norm"]]
@@ -115,30 +103,12 @@ def default_name(spec: Mapping) -> str:
     return "-".join(parts) + f"-eps{format_eps(spec['eps'])}"
 
 
-def format_eps(eps: float) -> str:
-    """``8/255`` for multiples of 1/255 (to 1e-9), else the float."""
-    k = eps * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-9 else f"{eps:g}"
-
-
-def parse_eps(value, key: str = "eps") -> float:
-    """A float from ``0.03``, ``8/255`` or ``"8/255"``."""
-    if isinstance(value, str):
-        try:
-            value = float(Fraction(value.replace(" ", "")))
-        except (ValueError, ZeroDivisionError) as err:
-            raise SpecError(f"key {key!r}: cannot read {value!r} as a number such as 0.03 or '8/255'") from err
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise SpecError(f"key {key!r} must be a finite number >= 0 (e.g. 8/255 or '8/255'), got {value!r}")
-    return float(value)
-
-
 def eps_sweep(spec: Mapping, eps_values: Iterable = SWEEP_EPS) -> list[dict]:
     """Copies of ``spec`` at each eps; a given ``alpha`` keeps its ratio to eps. Names get ``@eps``."""
     base = validate_spec(spec)
     out = []
     for eps in eps_values:
-        eps = parse_eps(eps)
+        eps = parse_eps(eps, "key 'eps'", SpecError)
         item = {**base, "eps": eps, "name": f"{base['name']}@{format_eps(eps)}"}
         if base.get("alpha") is not None and base["eps"] > 0:
             item["alpha"] = base["alpha"] * eps / base["eps"]
@@ -160,13 +130,13 @@ def validate_suite(suite: Iterable[Mapping]) -> list[dict]:
 
 def _check(key, value, kind, choices):
     if kind == "eps":
-        return parse_eps(value)
+        return parse_eps(value, f"key {key!r}", SpecError)
     if kind == "name":
         if not isinstance(value, str) or not value:
             raise SpecError(f"key 'name' must be a non-empty string, got {value!r}")
         return value
     if kind == "str":
-        if value not in choices:
+        if not isinstance(value, str) or value not in choices:
             raise SpecError(f"key {key!r} must be one of {list(choices)}, got {value!r}")
         return value
     if kind == "bool":
@@ -178,7 +148,7 @@ def _check(key, value, kind, choices):
             raise SpecError(f"key {key!r} must be an integer, got {value!r}")
         return value
     if isinstance(value, str):
-        value = parse_eps(value, key)
+        value = parse_eps(value, f"key {key!r}", SpecError)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise SpecError(f"key {key!r} must be a number, got {value!r}")
     if kind == "pos" and not (value > 0 and math.isfinite(value)):
@@ -186,3 +156,6 @@ def _check(key, value, kind, choices):
     if kind == "nonneg" and not (value >= 0 and math.isfinite(value)):
         raise SpecError(f"key {key!r} must be a finite number >= 0, got {value!r}")
     return float(value)
+
+
+params.ATTACK_SPECS.register("spec", validate_spec)  # params validates attacks.headline and attacks.suite by it

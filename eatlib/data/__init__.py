@@ -9,8 +9,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import typing
 from collections.abc import Callable
+
+from eatlib import params
 
 from .base import DataSplits, FileImageDataset, ImageDataset, TensorImageDataset
 from .cars196 import load_cars196
@@ -30,6 +34,35 @@ DATASETS: dict[str, Callable[..., DataSplits]] = {
     "inshop": load_inshop,
     "sop": load_sop,
 }
+
+
+def _check_glyph_options(options, key: str) -> None:
+    """``data.options`` of glyphs: GlyphOptions fields, less the two that ``data`` and ``seed`` set."""
+    params.check_keywords(GlyphOptions, options, key, skip=("image_size", "seed"))
+    try:
+        GlyphOptions.from_kwargs(**options)
+    except (TypeError, ValueError) as error:  # its range checks name the option
+        raise params.ConfigError(f"{key}: {error}") from None
+
+
+def _check_file_options(options, key: str) -> None:
+    """``data.options`` of a paper dataset: its protocol and whether to augment training images."""
+    try:
+        params.check_keywords(_file_options, options, key)
+    except params.ConfigError as error:
+        glyph_keys = sorted(set(options) & {f.name for f in dataclasses.fields(GlyphOptions)})
+        if not glyph_keys:
+            raise
+        raise params.ConfigError(f"{error}. {glyph_keys} are options of the glyphs generator: with a paper "
+                                 "dataset set data.options to {} (make paper does)") from None
+
+
+def _file_options(*, protocol: typing.Literal["paper", "small"] | None = None, augment: bool = True) -> None:
+    """The options every paper dataset's loader takes (eatlib.data.layout.build_file_splits)."""
+
+
+for _name in DATASETS:
+    params.DATASETS.register(_name, _check_glyph_options if _name == "glyphs" else _check_file_options)
 
 
 def load_splits(

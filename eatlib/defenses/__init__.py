@@ -13,8 +13,8 @@ defenses wrap a trained model (:data:`INFERENCE_DEFENSES`): ``input_transform``,
 
     defended = build_inference("randomization", model, {"min_scale": 0.9})
 
-Every defense's options are a frozen dataclass; :class:`DefensesConfig` is the ``defenses:`` section of
-params.yaml, one subsection per defense.
+Every defense's options are a frozen dataclass, registered with :mod:`eatlib.params`, which validates the
+``defenses:`` section of params.yaml (one subsection per defense) by them.
 """
 
 # Importing each defense's module registers it.
@@ -31,7 +31,6 @@ from eatlib.defenses import (  # noqa: F401
     trades,
 )
 from eatlib.defenses.adversary import Adversary, AttackOptions, MemberLosses, MemberStack, TrainingLoss, eval_mode
-from eatlib.defenses.config import DefensesConfig
 from eatlib.defenses.inference import InferenceDefense
 from eatlib.defenses.registry import (
     INFERENCE_DEFENSES,
@@ -40,14 +39,13 @@ from eatlib.defenses.registry import (
     TrainingSetup,
     build_inference,
     build_training,
-    parse_options,
 )
 from eatlib.defenses.splits import SPLITS, batch_share, membership
 from eatlib.defenses.transfer import TRANSFERS, average_batchnorm_statistics
 
 __all__ = [
     "TRAINING_DEFENSES", "INFERENCE_DEFENSES", "BuildContext", "TrainingSetup", "build_training", "build_inference",
-    "parse_options", "DefensesConfig", "AttackOptions", "Adversary", "TrainingLoss", "MemberStack", "MemberLosses",
+    "AttackOptions", "Adversary", "TrainingLoss", "MemberStack", "MemberLosses",
     "eval_mode", "InferenceDefense", "SPLITS", "TRANSFERS", "membership", "batch_share",
     "average_batchnorm_statistics",
 ]

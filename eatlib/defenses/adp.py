@@ -20,11 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eatlib.config import ConfigError
 from eatlib.defenses.adversary import Adversary, AttackOptions, MemberLosses, MemberStack, TrainingLoss
 from eatlib.defenses.eat import build_ensemble, check_aggregate, check_members
 from eatlib.defenses.pgd_at import check_clean_weight, with_clean_term
 from eatlib.defenses.registry import BuildContext, TrainingSetup, register_training, require
+from eatlib.params import ConfigError
 from eatlib.train import Batch
 
 
@@ -68,6 +68,9 @@ class ADPStep:
 
     def set_epoch(self, epoch: int) -> None:
         self.adversary.set_epoch(epoch)
+
+    def epoch_info(self) -> dict[str, float]:
+        return self.adversary.epoch_info() if self.options.adversarial else {}
 
     def loss(self, members, criteria, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """ADP's loss of the ensemble on ``images``."""

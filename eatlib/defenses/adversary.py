@@ -148,6 +148,11 @@ class Adversary:
         ramp = options.ramp(self.epoch)
         return options.eps * ramp, options.step_size * ramp
 
+    def epoch_info(self) -> dict[str, float]:
+        """What this epoch's attacks use, for the trainer's per-epoch history record."""
+        eps, step_size = self.eps()
+        return {"eps": eps, "step_size": step_size}
+
     def __call__(self, model: nn.Module, objective: Objective, images: torch.Tensor) -> torch.Tensor:
         eps, step_size = self.eps()
         # A fresh seed per batch from the trainer's torch seed (reset every epoch): resume replays it exactly.

@@ -21,6 +21,7 @@ from eatlib.defenses.pgd_at import check_clean_weight, with_clean_term
 from eatlib.defenses.registry import BuildContext, TrainingSetup, register_training, require
 from eatlib.defenses.splits import SPLITS, batch_share, membership
 from eatlib.defenses.transfer import TRANSFERS, Transfer
+from eatlib.models import Ensemble
 from eatlib.train import Batch
 
 AGGREGATES = ("concat", "mean")
@@ -41,8 +42,6 @@ def check_aggregate(aggregate: str | int, members: int) -> None:
 
 def build_ensemble(context: BuildContext, members: int, aggregate: str | int) -> tuple[nn.Module, nn.ModuleList]:
     """``(Ensemble of fresh members, ModuleList of one fresh loss per member)``."""
-    from eatlib.models import Ensemble
-
     nets = [context.make_member() for _ in range(members)]
     criteria = nn.ModuleList(context.new_loss(net.embedding_dim) for net in nets)
     return Ensemble(nets, aggregate=aggregate), criteria
@@ -74,6 +73,9 @@ class EATStep:
 
     def set_epoch(self, epoch: int) -> None:
         self.adversary.set_epoch(epoch)
+
+    def epoch_info(self) -> dict[str, float]:
+        return self.adversary.epoch_info()
 
     def shares(self, indices: torch.Tensor) -> list[torch.Tensor]:
         """Per member, the batch positions it trains on (repeated for bootstrap multiplicities)."""

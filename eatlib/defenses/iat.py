@@ -35,6 +35,9 @@ class IATStep:
     def set_epoch(self, epoch: int) -> None:
         self.adversary.set_epoch(epoch)
 
+    def epoch_info(self) -> dict[str, float]:
+        return self.adversary.epoch_info()
+
     def __call__(self, model: nn.Module, criterion: nn.Module, batch: Batch) -> torch.Tensor:
         adversarial = self.adversary(model, TrainingLoss(criterion, batch.labels), batch.images)
         alpha = self.options.mixup_alpha

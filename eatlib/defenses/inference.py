@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from eatlib.params import to_dict
+
 
 class InferenceDefense(nn.Module):
     """Base: ``forward(x) = model(transform(x))``. Subclasses implement :meth:`transform`."""
@@ -34,8 +36,6 @@ class InferenceDefense(nn.Module):
     @property
     def config(self) -> dict:
         """The wrapped model's config plus the defense (plain data, for results JSON)."""
-        from eatlib.config import to_dict
-
         return {"inference_defense": self.defense_name, "options": to_dict(self.options),
                 "model": getattr(self.model, "config", None)}
 

@@ -50,6 +50,9 @@ class PGDATStep:
     def set_epoch(self, epoch: int) -> None:
         self.adversary.set_epoch(epoch)
 
+    def epoch_info(self) -> dict[str, float]:
+        return self.adversary.epoch_info()
+
     def __call__(self, model: nn.Module, criterion: nn.Module, batch: Batch) -> torch.Tensor:
         adversarial = self.adversary(model, TrainingLoss(criterion, batch.labels), batch.images)
         loss = criterion(model(adversarial), batch.labels)

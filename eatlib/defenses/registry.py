@@ -3,7 +3,7 @@
 A *training defense* is a registered builder ``build(options, context) -> TrainingSetup``: the model (a single
 network or an :class:`eatlib.models.Ensemble`), the criterion (the loss, or a ``ModuleList`` of one loss per
 member) and the step function the shared trainer (:func:`eatlib.train.fit`) runs on every batch. Its options
-are a frozen dataclass, validated strictly by :func:`eatlib.config.from_dict`, so that ``params.yaml`` holds one
+are a frozen dataclass, validated strictly by :func:`eatlib.params.from_dict`, so that ``params.yaml`` holds one
 subsection per defense under ``defenses:``.
 
 An *inference defense* is a registered ``nn.Module`` wrapper class built around a trained model
@@ -12,14 +12,15 @@ An *inference defense* is a registered ``nn.Module`` wrapper class built around 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, is_dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
-from eatlib.config import ConfigError, LossConfig, from_dict, to_dict
+from eatlib import params
 from eatlib.losses import build_loss
+from eatlib.params import ConfigError, LossConfig, parse_options, to_dict
 
 
 def require(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -75,6 +76,7 @@ def register_training(name: str, options: type):
 
     def decorate(build):
         TRAINING_DEFENSES[name] = _Entry(options, build)
+        params.TRAINING_DEFENSES.register(name, options)  # params validates defenses.<name> by it
         return build
 
     return decorate
@@ -86,22 +88,10 @@ def register_inference(name: str, options: type):
     def decorate(cls):
         cls.defense_name = name
         INFERENCE_DEFENSES[name] = _Entry(options, cls)
+        params.INFERENCE_DEFENSES.register(name, options)
         return cls
 
     return decorate
-
-
-def parse_options(name: str, options: Any, registry: Mapping[str, _Entry], section: str = "defenses") -> Any:
-    """The validated options object of defense ``name``: ``options`` may already be one, or a mapping (a
-    ``params.yaml`` subsection; ``None`` means all defaults)."""
-    if name not in registry:
-        raise ConfigError(f"{section}: unknown defense {name!r}; allowed: {sorted(registry)}")
-    cls = registry[name].options
-    if is_dataclass(options) and not isinstance(options, type):
-        if not isinstance(options, cls):
-            raise ConfigError(f"{section}.{name}: expected {cls.__name__} options, got {type(options).__name__}")
-        return options
-    return from_dict(cls, options, f"{section}.{name}")
 
 
 def build_training(
@@ -116,7 +106,7 @@ def build_training(
 ) -> TrainingSetup:
     """Build training defense ``name`` (a key of :data:`TRAINING_DEFENSES`) with ``options`` (its options
     dataclass, or the plain mapping of its ``defenses.<name>`` subsection)."""
-    options = parse_options(name, options, TRAINING_DEFENSES)
+    options = parse_options(name, options, params.TRAINING_DEFENSES)
     context = BuildContext(make_member, num_classes, num_samples, loss_cfg or LossConfig(), seed)
     setup = TRAINING_DEFENSES[name].build(options, context)
     setup.meta = {"defense": name, "defense_options": to_dict(options), **setup.meta}
@@ -126,5 +116,5 @@ def build_training(
 def build_inference(name: str, model: nn.Module, options: Any = None, **context) -> nn.Module:
     """Wrap trained ``model`` in inference defense ``name`` (a key of :data:`INFERENCE_DEFENSES`).
     ``context``: what a defense needs besides its options (``mixup_inference``: ``references``)."""
-    options = parse_options(name, options, INFERENCE_DEFENSES)
+    options = parse_options(name, options, params.INFERENCE_DEFENSES)
     return INFERENCE_DEFENSES[name].build(model, options, **context)

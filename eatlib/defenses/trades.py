@@ -37,6 +37,9 @@ class TRADESStep:
     def set_epoch(self, epoch: int) -> None:
         self.adversary.set_epoch(epoch)
 
+    def epoch_info(self) -> dict[str, float]:
+        return self.adversary.epoch_info()
+
     def __call__(self, model: nn.Module, criterion: nn.Module, batch: Batch) -> torch.Tensor:
         with torch.no_grad(), eval_mode(model):
             anchor = model(batch.images)

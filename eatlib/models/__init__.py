@@ -11,13 +11,25 @@ Inputs are pixel-space images ``[B, 3, S, S]`` in [0, 1]; outputs are L2-normali
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
+from eatlib import params
 from eatlib.models.backbones import ARCHITECTURES
 from eatlib.models.embedding import EmbeddingNet, build_model, check_pixel_range
 from eatlib.models.ensemble import AGGREGATES, Ensemble
 from eatlib.models.fold import fold_batchnorm
 from eatlib.models.pretrained import PretrainedWeightsUnavailable
+
+
+def _check_options(builder, options, key: str) -> None:
+    """``models.<m>.options``: the backbone builder's keyword options (``image_size`` and ``pretrained`` are set
+    by ``data.image_size`` and ``models.<m>.pretrained``)."""
+    params.check_keywords(builder, options, key, skip=("image_size", "pretrained"))
+
+
+for _arch, _builder in ARCHITECTURES.items():
+    params.ARCHITECTURES.register(_arch, partial(_check_options, _builder))
 
 
 def model_from_config(config: dict[str, Any]) -> EmbeddingNet | Ensemble:

@@ -1,15 +1,24 @@
-"""params.yaml -> typed, validated configuration objects.
+"""params.yaml -> typed, validated configuration objects: the ground floor of eatlib.
 
-Each section is a frozen dataclass. Loading is strict: an unknown key, a missing required key or a value of the
+Each section is a frozen dataclass. Validation is strict: an unknown key, a missing required key or a value of the
 wrong type or range raises :class:`ConfigError`, naming the key (as a dotted path) and what is allowed, before any
-work starts. Budgets such as ``eps`` may be written as fractions (``8/255``).
+work starts. Budgets such as ``eps`` may be written as fractions (``8/255``): :func:`parse_eps` and
+:func:`format_eps` are the one reader and writer of budgets.
+
+This module imports no other eatlib module. The names a key may take (datasets, architectures, losses, defenses)
+and the checks of their options live in :class:`Registry` tables here, filled by the modules that define those
+names when they are imported; the attack spec check likewise. :func:`eatlib.load.load_params` imports them all,
+then validates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 import types
 import typing
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -22,10 +31,10 @@ class ConfigError(ValueError):
     """A bad parameter: the message names the key, the value and what is allowed."""
 
 
-def parse_number(value: Any, key: str) -> float:
-    """A float from a number or a fraction string such as ``"8/255"``."""
+def parse_number(value: Any, key: str, error: type[ConfigError] = ConfigError) -> float:
+    """A float from a number or a fraction string such as ``"8/255"``; ``error`` is the class raised."""
     if isinstance(value, bool):
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise error(f"{key}: expected a number, got {value!r}")
     if isinstance(value, (int, float)):
         return float(value)
     if isinstance(value, str):
@@ -33,7 +42,23 @@ def parse_number(value: Any, key: str) -> float:
             return float(Fraction(value.replace(" ", "")))
         except (ValueError, ZeroDivisionError):
             pass
-    raise ConfigError(f"{key}: expected a number or a fraction like '8/255', got {value!r}")
+    raise error(f"{key}: expected a number or a fraction like '8/255', got {value!r}")
+
+
+def parse_eps(value: Any, key: str = "eps", error: type[ConfigError] = ConfigError) -> float:
+    """A perturbation budget: a finite number >= 0, written as ``0.03``, ``8/255`` or ``"8/255"``."""
+    eps = parse_number(value, key, error)
+    if not (math.isfinite(eps) and eps >= 0):
+        raise error(f"{key}: got {value!r}; allowed: a finite number >= 0, e.g. 8/255 or '8/255'")
+    return eps
+
+
+def format_eps(eps: float | str) -> str:
+    """``8/255`` for multiples of 1/255 (to 1e-9), else the float (``0.5``); a string is returned as written."""
+    if isinstance(eps, str):
+        return eps
+    k = float(eps) * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-9 else f"{float(eps):g}"
 
 
 def _check(condition: bool, key: str, value: Any, allowed: str) -> None:
@@ -112,6 +137,94 @@ def to_dict(config: Any) -> Any:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
 
 
+class Registry(Mapping):
+    """The names a params key accepts, each with what checks its options (a callable ``check(options, key)``
+    or an options dataclass). The module that defines the names fills the table when it is imported, so params
+    validates against it without importing that module."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self._entries: dict[str, Any] = {}
+
+    def register(self, name: str, entry: Any) -> Any:
+        self._entries[name] = entry
+        return entry
+
+    def lookup(self, name: Any, key: str) -> Any:
+        """The entry of ``name``; a :class:`ConfigError` naming ``key`` and the allowed names if there is none."""
+        if not self._entries:
+            raise ConfigError(f"{key}: no {self.what} are registered: load params with eatlib.load.load_params "
+                              "(it imports every module that registers names)")
+        _check(isinstance(name, str) and name in self._entries, key, name, f"one of {sorted(self._entries)}")
+        return self._entries[name]
+
+    def __getitem__(self, name: str) -> Any:
+        return self._entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+DATASETS = Registry("datasets")  # name -> check(options, key) of data.options (eatlib.data)
+ARCHITECTURES = Registry("architectures")  # arch -> check(options, key) of models.<m>.options (eatlib.models)
+LOSSES = Registry("losses")  # name -> check(options, key) of train.loss.options (eatlib.losses)
+TRAINING_DEFENSES = Registry("training defenses")  # name -> options dataclass (eatlib.defenses)
+INFERENCE_DEFENSES = Registry("inference defenses")  # name -> options dataclass (eatlib.defenses)
+ATTACK_SPECS = Registry("attack spec checks")  # "spec" -> eatlib.attacks.validate_spec (spec -> normalised spec)
+
+
+def check_keywords(function: Callable, options: Mapping, key: str, *, skip: tuple[str, ...] = ()) -> None:
+    """Check ``options`` against the keyword parameters of ``function`` (less ``skip``, which its caller sets):
+    an unknown name, or a value that does not match the parameter's annotation, is a :class:`ConfigError`
+    naming ``key.<option>`` and what is allowed. The values are not converted: they reach ``function`` as
+    written."""
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"{key}: expected a mapping of options, got {options!r}")
+    parameters = {name: p for name, p in inspect.signature(function).parameters.items()
+                  if name not in skip and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = sorted(set(options) - set(parameters))
+    _check(not unknown, key, unknown, f"options {sorted(parameters)}")
+    hints = typing.get_type_hints(function)
+    for name, value in options.items():
+        if name in hints:
+            _check(_matches(value, hints[name]), f"{key}.{name}", value, _describe(hints[name]))
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether a YAML value fits ``annotation`` as written (an int fits float; a bool fits only bool)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, option) for option in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return value in typing.get_args(annotation)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return isinstance(value, (list, tuple))
+    return True  # Any, or a type YAML cannot spell: the callee checks it
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(annotation))
+    if origin is typing.Literal:
+        return f"one of {list(typing.get_args(annotation))}"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return names.get(annotation, "a list" if origin in (list, tuple) else str(annotation))
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Which dataset, at which resolution, and where it lives."""
@@ -124,11 +237,10 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # dataset-specific (glyphs: num_classes, ...)
 
     def __post_init__(self):
-        from eatlib.data import DATASETS
-
-        _check(self.name in DATASETS, "name", self.name, str(sorted(DATASETS)))
+        check_options = DATASETS.lookup(self.name, "name")
         _check(self.image_size >= 16, "image_size", self.image_size, "an integer >= 16")
         _check(0 <= self.val_fraction < 1, "val_fraction", self.val_fraction, "0 <= value < 1")
+        check_options(self.options, "options")
 
     def dataset_root(self) -> Path:
         """Generated datasets are read from ``prepared``; downloaded ones from ``root/<name>``."""
@@ -145,10 +257,9 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        from eatlib.models import ARCHITECTURES
-
-        _check(self.arch in ARCHITECTURES, "arch", self.arch, str(sorted(ARCHITECTURES)))
+        check_options = ARCHITECTURES.lookup(self.arch, "arch")
         _check(self.embedding_dim >= 2, "embedding_dim", self.embedding_dim, "an integer >= 2")
+        check_options(self.options, "options")
 
 
 @dataclass(frozen=True)
@@ -158,10 +269,9 @@ class LossConfig:
     options: dict[str, Any] = field(default_factory=lambda: {"margin": 0.1, "alpha": 32.0})
 
     def __post_init__(self):
-        from eatlib.losses import LOSSES
-
-        _check(self.name in LOSSES, "name", self.name, str(sorted(LOSSES)))
+        check_options = LOSSES.lookup(self.name, "name")
         _check(self.proxy_lr_multiplier > 0, "proxy_lr_multiplier", self.proxy_lr_multiplier, "> 0")
+        check_options(self.options, "options")
 
 
 @dataclass(frozen=True)
@@ -257,13 +367,12 @@ class AttackConfig:
     eot_sweep: bool = False  # also run the eps sweep against randomised defenses (costs eot_samples x the sweep)
 
     def __post_init__(self):
-        from eatlib.attacks import SpecError, validate_spec
-
+        validate_spec = ATTACK_SPECS.lookup("spec", "headline")
         specs = []
         for key, spec in [("headline", self.headline), *((f"suite[{i}]", s) for i, s in enumerate(self.suite))]:
             try:
                 specs.append(validate_spec(spec))
-            except SpecError as error:
+            except ConfigError as error:  # the spec's own errors name the key inside the spec
                 raise ConfigError(f"{key}: {error}") from None
         names = [spec["name"] for spec in specs]
         _check(len(set(names)) == len(names), "suite", names, "attacks with distinct names")
@@ -274,8 +383,7 @@ class AttackConfig:
 
     def specs(self) -> list[dict]:
         """Headline first, then the suite, validated (defaults filled in)."""
-        from eatlib.attacks import validate_spec
-
+        validate_spec = ATTACK_SPECS.lookup("spec", "attacks")
         return [validate_spec(spec) for spec in [self.headline, *self.suite]]
 
 
@@ -288,14 +396,12 @@ class PipelineConfig:
     inference_defenses: list[str] = field(default_factory=list)  # wrap the trained `standard` model
 
     def __post_init__(self):
-        from eatlib.defenses import INFERENCE_DEFENSES, TRAINING_DEFENSES
-
         _check("standard" in self.trained_defenses, "trained_defenses", self.trained_defenses,
                "a list that includes 'standard' (the undefended baseline every table compares against)")
         for key, names, registry in (("trained_defenses", self.trained_defenses, TRAINING_DEFENSES),
                                      ("inference_defenses", self.inference_defenses, INFERENCE_DEFENSES)):
-            unknown = [n for n in names if n not in registry]
-            _check(not unknown, key, unknown, f"names from {sorted(registry)}")
+            for i, name in enumerate(names):
+                registry.lookup(name, f"{key}[{i}]")
 
 
 @dataclass(frozen=True)
@@ -309,11 +415,9 @@ class AblationVariant:
     match_compute: str | None = None
 
     def __post_init__(self):
-        from eatlib.defenses import TRAINING_DEFENSES
-
-        _check(self.defense in TRAINING_DEFENSES, "defense", self.defense, str(sorted(TRAINING_DEFENSES)))
-        _check(self.match_compute is None or self.match_compute in TRAINING_DEFENSES, "match_compute",
-               self.match_compute, f"null or one of {sorted(TRAINING_DEFENSES)}")
+        TRAINING_DEFENSES.lookup(self.defense, "defense")
+        if self.match_compute is not None:
+            TRAINING_DEFENSES.lookup(self.match_compute, "match_compute")
 
 
 @dataclass(frozen=True)
@@ -352,18 +456,13 @@ class Params:
     device: str = "auto"
 
     def __post_init__(self):
-        from eatlib.defenses import INFERENCE_DEFENSES, TRAINING_DEFENSES, parse_options
-
+        _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
         _check(self.device in DEVICES or self.device.startswith("cuda:"), "device", self.device, f"{DEVICES}")
         _check(bool(self.models), "models", self.models, "at least one architecture")
         missing = [a for a in self.pipeline.archs if a not in self.models]
         _check(not missing, "pipeline.archs", missing, f"keys of models: {sorted(self.models)}")
         # Validate every defense's options now, so a typo fails before hours of training.
-        parsed = {}
-        for name, options in self.defenses.items():
-            known = {**TRAINING_DEFENSES, **INFERENCE_DEFENSES}
-            _check(name in known, "defenses", name, f"subsections named after defenses: {sorted(known)}")
-            parsed[name] = parse_options(name, options, known)
+        parsed = {name: parse_options(name, value, _defense_registry(name)) for name, value in self.defenses.items()}
         object.__setattr__(self, "defenses", parsed)
         if self.pretrain is not None:
             self.pretrain_config()  # validates the merged schedule
@@ -378,17 +477,12 @@ class Params:
 
     def defense_options(self, name: str) -> Any:
         """The validated options of defense ``name`` (its defaults when params.yaml has no subsection for it)."""
-        from eatlib.defenses import INFERENCE_DEFENSES, TRAINING_DEFENSES, parse_options
-
         if name in self.defenses:
             return self.defenses[name]
-        registry = TRAINING_DEFENSES if name in TRAINING_DEFENSES else INFERENCE_DEFENSES
-        return parse_options(name, None, registry)
+        return parse_options(name, None, _defense_registry(name))
 
     def variant_options(self, name: str) -> Any:
         """The options of ablation variant ``name``: its overrides merged over ``defenses.<defense>``."""
-        from eatlib.defenses import TRAINING_DEFENSES, parse_options
-
         if self.ablation is None or name not in self.ablation.variants:
             defined = sorted(self.ablation.variants) if self.ablation else []
             raise ConfigError(f"ablation.variants: no variant named {name!r}; defined: {defined}")
@@ -411,6 +505,24 @@ class Params:
         return self.models[name]
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
-    return from_dict(Params, load_yaml(path))
+def parse_options(name: str, options: Any, registry: Registry, key: str | None = None) -> Any:
+    """The validated options object of defense ``name`` (a key of ``registry``): ``options`` may already be one,
+    or a mapping (a ``params.yaml`` subsection, at ``key``, by default ``defenses.<name>``; ``None`` means all
+    defaults)."""
+    cls = registry.lookup(name, "defenses")
+    key = key or f"defenses.{name}"
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        if not isinstance(options, cls):
+            raise ConfigError(f"{key}: expected {cls.__name__} options, got {type(options).__name__}")
+        return options
+    return from_dict(cls, options, key)
+
+
+def _defense_registry(name: str) -> Registry:
+    """The registry that holds defense ``name`` (training or inference)."""
+    if name in INFERENCE_DEFENSES:
+        return INFERENCE_DEFENSES
+    if name in TRAINING_DEFENSES or not (TRAINING_DEFENSES or INFERENCE_DEFENSES):
+        return TRAINING_DEFENSES  # its lookup says what is missing
+    known = sorted([*TRAINING_DEFENSES, *INFERENCE_DEFENSES])
+    raise ConfigError(f"defenses: got {name!r}; allowed: subsections named after defenses: {known}")
