@@ -23,30 +23,41 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 
 # data/ is where users place the paper datasets (tracked by data.dvc). A fresh clone has none: create it empty
 # and record that empty folder in DVC's cache, so that `dvc status` is clean (data.dvc does not change).
+# scripts/repro.py runs `dvc repro` printing one line per stage ("[3/41] train@resnet-eat ... 2m13s"); each cell's
+# output is in the executed notebooks under results/notebooks/.
 repro: env
 	mkdir -p data
 	[ -n "$$(ls -A data)" ] || $(RUN) $(BIN)/dvc add -q data
-	$(RUN) $(BIN)/dvc repro
+	$(RUN) $(BIN)/python scripts/repro.py
 	$(BIN)/python scripts/readme_table.py
 
 # The paper-scale profile on one placed dataset (cub200 | cars196 | inshop) as a DVC experiment: params-paper.yaml
 # laid over params.yaml with -S overrides (eatlib.profiles), so params.yaml itself stays the glyphs profile.
+# PAPER_ARGS: more `dvc exp run` arguments, e.g. PAPER_ARGS="-S train.epochs=1" or PAPER_ARGS=--dry.
 paper: env
 	$(BIN)/python -c "from eatlib.data import load_splits; load_splits('$(DATASET)', 'data')" > /dev/null
-	$(RUN) $(BIN)/dvc exp run --name paper-$(DATASET) \
-		$$($(BIN)/python -m eatlib.profiles params-paper.yaml) -S data.name=$(DATASET)
+	overrides="$$($(BIN)/python -m eatlib.profiles params-paper.yaml)" && \
+		$(RUN) $(BIN)/dvc exp run --name paper-$(DATASET) $$overrides -S data.name=$(DATASET) $(PAPER_ARGS)
 
 test: env
 	$(RUN) $(BIN)/python -m pytest
 
+# The development lane: every test not marked slow (pytest -m "not slow"), under 3 minutes.
+test-fast: env
+	$(RUN) $(BIN)/python -m pytest -m "not slow"
+
 lint: env
 	$(BIN)/ruff check eatlib tests benchmarks
 
-# JupyterLab on loopback only, behind a random token (printed in the URL); --allow-root only when run as root.
+# JupyterLab on loopback only, behind a fresh random token. Jupyter masks the token in its own log, so the recipe
+# prints the URL to paste itself; the token reaches jupyter through JUPYTER_TOKEN (not visible in `ps`).
+# port_retries=0: a busy LAB_PORT is an error, not a server on another port than the printed URL. --allow-root
+# only when run as root.
 lab: env
-	$(RUN) $(BIN)/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) --no-browser \
-		--IdentityProvider.token="$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))')" \
-		$$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+	@token="$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))')" && [ -n "$$token" ] && \
+	echo "JupyterLab: open http://127.0.0.1:$(LAB_PORT)/lab?token=$$token" && \
+	exec env $(RUN) JUPYTER_TOKEN="$$token" $(BIN)/jupyter lab --ip=127.0.0.1 --port=$(LAB_PORT) \
+		--ServerApp.port_retries=0 --no-browser $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 clean-env:
 	rm -rf $(VENV)

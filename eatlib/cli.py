@@ -1,6 +1,6 @@
 """``eat``: the pipeline's steps from the shell (scripts, clusters, ``torchrun``).
 
-    eat train    --arch resnet --out runs/resnet/standard                  # checkpoint.pt, model.pt; resumes
+    eat train    --arch resnet --out runs/resnet/standard                  # model.pt; resumes if interrupted
     eat train    --arch resnet --defense eat --out runs/resnet/eat
     eat evaluate --model runs/resnet/standard/model.pt --out runs/resnet/standard/clean.json
 
@@ -15,7 +15,9 @@ An ensemble's members on different GPUs, in one process:
     eat train --arch resnet --defense eat --member-devices cuda:0,cuda:1,cuda:2 --out runs/resnet/eat
 
 Exit status: 0 done, 2 bad input (checked before any work; the message names the option or params.yaml key, the
-value and what is allowed), 1 a run that stopped (non-finite loss, unreadable checkpoint).
+value and what is allowed), 1 a run that stopped (non-finite loss, unreadable checkpoint). Under torchrun a
+failing process makes torchrun itself exit with 1 (ChildFailedError), whatever the child's code; the message
+is in the failing rank's error output.
 """
 
 from __future__ import annotations
@@ -29,7 +31,9 @@ from pathlib import Path
 import torch
 
 from eatlib import checkpoint, distributed, pipeline
-from eatlib.config import ConfigError, Params, load_params
+from eatlib.defenses import TRAINING_DEFENSES
+from eatlib.load import load_params
+from eatlib.params import ConfigError, Params
 from eatlib.train import ResumeError
 
 FILE_DATASETS_HINT = "the dataset unpacked in its official layout (see README: The paper datasets)"
@@ -47,8 +51,6 @@ def _params(args) -> Params:
 def check_train_request(params: Params, arch: str, defense: str, out: str, *, sync_bn: bool = False,
                         member_devices: list[str] | None = None) -> None:
     """Everything ``eat train`` can check before loading data or building a model."""
-    from eatlib.defenses import TRAINING_DEFENSES
-
     if arch not in params.models:
         raise ConfigError(f"--arch: got {arch!r}; allowed: a key of models in params.yaml: {sorted(params.models)}")
     if defense not in TRAINING_DEFENSES:
@@ -128,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train one model (under torchrun: one process per device)")
     train.add_argument("--arch", required=True, help="architecture family: a key of `models` in params.yaml")
     train.add_argument("--defense", default="standard", help="training defense (default: standard)")
-    train.add_argument("--out", required=True, help="run folder (checkpoint.pt, model.pt); resumes if present")
+    train.add_argument("--out", required=True,
+                       help="run folder: model.pt, and per-epoch checkpoints keyed by the configuration (deleted at "
+                            "the end), from which an interrupted run of the same configuration resumes")
     train.add_argument("--sync-bn", action="store_true",
                        help="under torchrun on GPUs: BatchNorm with the statistics of the global batch")
     train.add_argument("--member-devices", metavar="DEVICES",

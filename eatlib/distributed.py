@@ -37,7 +37,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed import _functional_collectives as collectives
 
-from eatlib.config import ConfigError
+from eatlib.params import ConfigError
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -224,7 +224,7 @@ def place_members(ensemble: nn.Module, devices: Sequence[str | torch.device], ho
     Each member then takes its input to its own device and hands its embedding back on ``home`` (where the
     images, the losses and the aggregation live), through forward hooks that autograd differentiates like any
     copy; callers (the trainer, attacks, :func:`eatlib.evaluate.embed`) see one model on ``home``. The state dict
-    is unchanged: :func:`eatlib.train.load_model` rebuilds the ensemble on one device.
+    is unchanged: :func:`eatlib.persistence.load_model` rebuilds the ensemble on one device.
     """
     members = getattr(ensemble, "members", None)
     if members is None:

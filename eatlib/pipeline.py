@@ -16,12 +16,18 @@ import numpy as np
 import torch
 
 from eatlib import checkpoint
-from eatlib.config import Params, TrainConfig, to_dict
-from eatlib.data import DataSplits, load_splits
-from eatlib.evaluate import embed
+from eatlib.attacks import build_attack, eps_sweep
+from eatlib.data import DataSplits, contact_sheet, load_splits, prepare_glyphs
+from eatlib.defenses import INFERENCE_DEFENSES, build_inference, build_training
+from eatlib.devices import resolve_device
+from eatlib.evaluate import _View, attack_embeddings, embed, evaluate_robustness, subset_indices
 from eatlib.metrics import embedding_metrics
 from eatlib.models import Ensemble, build_model, fold_batchnorm
-from eatlib.train import fit, load_model, resolve_device
+from eatlib.params import Params, TrainConfig, to_dict
+from eatlib.persistence import load_model
+from eatlib.plots import load_history, plot_training_curves, plot_tsne, write_figures, write_training_curves_csv
+from eatlib.report import load_ablation, load_metrics, write_tables
+from eatlib.train import fit
 
 
 def seed_everything(seed: int) -> None:
@@ -44,7 +50,6 @@ def load_data(params: Params) -> DataSplits:
 
 def prepare_data(params: Params) -> dict:
     """The data stage: prepare generated datasets, verify downloaded ones, draw a contact sheet, count."""
-    from eatlib.data import contact_sheet, prepare_glyphs
 
     started = time.perf_counter()
     data = params.data
@@ -120,11 +125,11 @@ def train(params: Params, arch: str, defense: str = "standard", *, options=None,
     override them). ``init``: "pretrained" (default) starts from the pretrain stage's model when ``params``
     has a ``pretrain`` section, else from scratch; a path starts from that saved network; None from scratch.
     The final model goes to ``out_path`` (default ``results/models/<arch>/<defense>.pt``); per-epoch
-    checkpoints go to ``run_dir`` (default ``runs/<arch>/<defense>``, outside the DVC outputs), so an
-    interrupted stage resumes where it stopped. ``fit_options``: extra keyword arguments of
+    checkpoints go to ``run_dir`` (default ``runs/<arch>/<defense>``, outside the DVC outputs), keyed by the
+    configuration and deleted once the model is written, so an interrupted stage resumes where it stopped and
+    nothing else is resumed (:mod:`eatlib.persistence`). ``fit_options``: extra keyword arguments of
     :func:`eatlib.train.fit` (e.g. ``{"sync_bn": True}`` under torchrun).
     """
-    from eatlib.defenses import build_training
 
     splits = splits or load_data(params)
     device = resolve_device(params.device)
@@ -164,7 +169,6 @@ def evaluate_clean(params: Params, model_path: str | Path, *, splits: DataSplits
 def load_defended_model(params: Params, arch: str, defense: str, splits: DataSplits,
                         results: str | Path = "results"):
     """The deployed model of ``defense``: a trained model, or an inference defense wrapped around ``standard``."""
-    from eatlib.defenses import INFERENCE_DEFENSES, build_inference
 
     device = resolve_device(params.device)
     if defense not in INFERENCE_DEFENSES:
@@ -188,8 +192,6 @@ def attack(params: Params, arch: str, defense: str, *, model=None, cost: dict | 
     """The attack stage: clean scores, the attack suite (worst case), the eps sweep of the headline attack,
     and, for ensembles, each member alone. Returns the ``results/metrics/<arch>/<defense>.json`` document.
     ``model`` and ``cost`` default to the main run's deployed model of ``defense`` and its training cost."""
-    from eatlib.attacks import eps_sweep
-    from eatlib.evaluate import evaluate_robustness
 
     started = time.perf_counter()
     splits = splits or load_data(params)
@@ -246,8 +248,6 @@ def _scores(entry: dict) -> dict:
 def headline_embeddings(params: Params, arch: str, defense: str, *, splits: DataSplits, images: int = 600,
                         results: str | Path = "results") -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Clean and headline-attacked embeddings of a seeded subset of the test split (for t-SNE pictures)."""
-    from eatlib.attacks import build_attack
-    from eatlib.evaluate import _View, attack_embeddings, subset_indices
 
     model = fold_batchnorm(load_defended_model(params, arch, defense, splits, results))
     view = _View(splits.test, subset_indices(len(splits.test), images, params.seed))
@@ -259,8 +259,6 @@ def headline_embeddings(params: Params, arch: str, defense: str, *, splits: Data
 
 def report(params: Params, results: str | Path = "results", *, tsne_defenses=("standard", "eat")) -> dict:
     """The report stage: tables, figures and the stage timings, all from what the earlier stages wrote."""
-    from eatlib.plots import load_history, plot_training_curves, plot_tsne, write_figures
-    from eatlib.report import load_ablation, load_metrics, write_tables
 
     started = time.perf_counter()
     results = Path(results)
@@ -268,11 +266,14 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
     tables = write_tables(results)
     figures = [p for p in write_figures(results) if p.suffix == ".png"]
     figures.append(Path(shutil.copy(Path(params.data.prepared) / "contact_sheet.png", figures_dir)))
-    splits = None
+    # For dvc plots: the defenses' curves (one length, train.epochs) apart from the clean pretraining runs.
+    splits, training_curves, pretrain_curves = None, {}, {}
     for arch in params.pipeline.archs:
         histories = {d: load_history(model_path(arch, d, results)) for d in params.pipeline.trained_defenses}
+        training_curves[arch] = histories
         if pretrained_path(arch, results).exists():
-            histories = {"pretrain (clean start)": load_history(pretrained_path(arch, results)), **histories}
+            pretrain_curves[arch] = {"pretrain": load_history(pretrained_path(arch, results))}
+            histories = {"pretrain (clean start)": pretrain_curves[arch]["pretrain"], **histories}
         plot_training_curves(histories, figures_dir / f"training_{arch}.png")
         figures.append(figures_dir / f"training_{arch}.png")
         for defense in tsne_defenses:
@@ -283,6 +284,9 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
                 path = figures_dir / f"tsne_{arch}_{defense}.png"
                 plot_tsne(clean, adversarial, labels, path, seed=params.seed, title=f"{arch} / {defense}")
                 figures.append(path)
+    write_training_curves_csv(training_curves, figures_dir / "training_curves.csv")
+    if pretrain_curves:
+        write_training_curves_csv(pretrain_curves, figures_dir / "pretrain_curves.csv")
     timings = {"data": checkpoint.read_json(Path(params.data.prepared) / "summary.json")["seconds"]}
     for arch in params.pipeline.archs:
         if pretrained_path(arch, results).exists():

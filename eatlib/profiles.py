@@ -54,6 +54,31 @@ def overrides(profile: Mapping, params: Mapping, key: str = "") -> list[str]:
     return args
 
 
+def emptied_mappings(profile: Mapping, params: Mapping, key: str = "") -> list[str]:
+    """Dotted keys of the non-empty mappings of ``params`` that ``profile`` empties (DVC deletes their keys)."""
+    found = []
+    for name, value in profile.items():
+        dotted = f"{key}.{name}" if key else str(name)
+        old = params.get(name) if isinstance(params, Mapping) else None
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            found += emptied_mappings(value, old, dotted) if value else ([dotted] if old else [])
+    return found
+
+
+def block_mappings(text: str, dotted_keys: list[str]) -> list[str]:
+    """Those of ``dotted_keys`` that ``text`` (a YAML file) writes as block mappings rather than ``{flow}`` ones.
+    DVC cannot delete every key of a commented block mapping ("YAML file structure is corrupted")."""
+    root = yaml.compose(text)
+    block = []
+    for dotted in dotted_keys:
+        node = root
+        for part in dotted.split("."):
+            node = next(value for key, value in node.value if key.value == part)
+        if not node.flow_style:
+            block.append(dotted)
+    return block
+
+
 def load_profile(path: str | Path) -> dict:
     profile = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(profile, Mapping):
@@ -66,11 +91,17 @@ def main(argv=None) -> None:
     parser.add_argument("profile", help="a partial params file, e.g. params-paper.yaml")
     parser.add_argument("--params", default="params.yaml", help="checked: every key of the profile must exist here")
     args = parser.parse_args(argv)
-    profile, params = load_profile(args.profile), yaml.safe_load(Path(args.params).read_text())
+    text = Path(args.params).read_text()
+    profile, params = load_profile(args.profile), yaml.safe_load(text)
     try:
         overlay(params, profile)
     except KeyError as error:
         raise SystemExit(f"{args.profile}: {error.args[0]}") from None
+    block = block_mappings(text, emptied_mappings(profile, params))
+    if block:
+        raise SystemExit(f"{args.params}: {', '.join(block)}: {args.profile} empties these mappings, which DVC can "
+                         "only do when they are written in flow style on one line, e.g. `options: {a: 1, b: 2}`; "
+                         "rewrite them so in params.yaml (comments may follow on the same line)")
     print(" ".join(overrides(profile, params)))
 
 

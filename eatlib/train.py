@@ -8,9 +8,9 @@ test classes), an atomic checkpoint every epoch and exact resume.
 
 Exact resume: every source of randomness inside an epoch is seeded from ``(seed, epoch)`` (the batch order by the
 sampler, the torch generator by :func:`epoch_seed`), so continuing from the checkpoint of epoch ``e`` replays
-epochs ``e+1..`` exactly as an uninterrupted run would. Checkpoints: ``checkpoint.pt`` is always a complete file
-(atomic writes); the one it replaces is kept as ``checkpoint.prev.pt``, so a latest checkpoint found corrupted
-later still leaves the epoch before it.
+epochs ``e+1..`` exactly as an uninterrupted run would. Checkpoints are keyed by the run's configuration and
+deleted once the final model is written (:mod:`eatlib.persistence`): only an interrupted run of the same
+configuration is resumed; anything else trains from scratch.
 
 Multi-process: under ``torchrun`` (an initialised process group) :func:`fit` trains with DistributedDataParallel;
 ``batch_size`` is the global batch and the loss that of the global batch (see :mod:`eatlib.distributed`).
@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,17 +30,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from eatlib import checkpoint, distributed
-from eatlib.config import ConfigError, TrainConfig, to_dict
+from eatlib import distributed
 from eatlib.data import ClassBalancedBatchSampler
-from eatlib.data.augment import random_affine
+from eatlib.data.augment import affine_draws, apply_affine, is_identity
 from eatlib.evaluate import embed
 from eatlib.losses import proxy_parameters
 from eatlib.metrics import embedding_metrics
-
-CHECKPOINT = "checkpoint.pt"
-PREVIOUS = "checkpoint.prev.pt"
-FINAL = "model.pt"
+from eatlib.models import EmbeddingNet
+from eatlib.params import ConfigError, TrainConfig, to_dict
+from eatlib.persistence import FINAL, RunFiles, describe_existing_model, save_model
 
 
 class ResumeError(ValueError):
@@ -66,13 +63,6 @@ def standard_step(model: nn.Module, criterion: nn.Module, batch: Batch) -> torch
     return criterion(model(batch.images), batch.labels)
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when present, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
@@ -83,14 +73,17 @@ def rank_seed(seed: int, epoch: int, rank: int) -> int:
     return epoch_seed(seed, epoch) + (rank << 32)
 
 
+def augment_seed(seed: int, epoch: int) -> int:
+    """The seed of ``epoch``'s augmentation draws: one stream for the global batch, the same on every rank."""
+    return epoch_seed(seed, epoch) + (1 << 48)
+
+
 class ForwardCounter:
     """Counts images passed forward with gradients enabled through every embedding network inside ``model``
     (members of an ensemble count separately; an attack's inner steps count too). This is the training cost
     the defense tables report, independent of how a defense spends it."""
 
     def __init__(self, model: nn.Module):
-        from eatlib.models import EmbeddingNet
-
         nets = [m for m in model.modules() if isinstance(m, EmbeddingNet)] or [model]
         self.images = 0
         self._handles = [net.register_forward_hook(self._hook) for net in nets]
@@ -131,7 +124,9 @@ def set_train_mode(model: nn.Module, freeze_bn: bool) -> None:
 class _Batches:
     """Class-balanced batches of a dataset, sliced straight from memory when the dataset holds its images as a
     uint8 tensor, else loaded image by image. Under torchrun every rank draws the same global batches and keeps
-    its own contiguous share (:func:`eatlib.distributed.shard`)."""
+    its own contiguous share (:func:`eatlib.distributed.shard`); augmentation is drawn for the whole global batch
+    from one generator seeded per epoch (:func:`augment_seed`), so each sample gets the same transform whatever
+    the number of processes."""
 
     def __init__(self, dataset, cfg: TrainConfig, seed: int, device: torch.device, current: distributed.World):
         self.dataset, self.device = dataset, device
@@ -139,6 +134,7 @@ class _Batches:
         self.share = distributed.shard(cfg.batch_size, current)
         self.labels = torch.as_tensor(dataset.labels, dtype=torch.long)
         self.augment = dataclasses.asdict(cfg.augment)
+        self.batch_size, self.seed = cfg.batch_size, seed
 
     def __len__(self):
         return len(self.sampler)
@@ -146,10 +142,14 @@ class _Batches:
     def epoch(self, epoch: int):
         self.sampler.set_epoch(epoch)
         images = getattr(self.dataset, "images", None)
+        generator = torch.Generator().manual_seed(augment_seed(self.seed, epoch))
         for indices in self.sampler:
             indices = torch.as_tensor(indices[self.share], dtype=torch.long)
             if isinstance(images, torch.Tensor):
-                batch = random_affine(images[indices].to(self.device, torch.float32).div_(255), **self.augment)
+                batch = images[indices].to(self.device, torch.float32).div_(255)
+                if not is_identity(**self.augment):
+                    theta = affine_draws(self.batch_size, generator=generator, **self.augment)[self.share]
+                    batch = apply_affine(batch, theta)
             else:
                 batch = torch.stack([self.dataset[int(i)][0] for i in indices]).to(self.device)
             yield Batch(batch, self.labels[indices].to(self.device), indices.to(self.device))
@@ -185,11 +185,12 @@ def fit(
 ) -> list[dict]:
     """Train ``model`` (and the proxies inside ``criterion``) in place; return the per-epoch history.
 
-    Writes ``out_dir/checkpoint.pt`` after every epoch (everything needed to resume; the one it replaces is kept
-    as ``checkpoint.prev.pt``) and the deployable ``final_path`` (default ``out_dir/model.pt``: weights, configs
-    and history) at the end. With ``resume`` an existing checkpoint made with the same configuration is
-    continued; one made with a different configuration is an error, not silently mixed.
-    ``meta`` (plain data: model config, defense options, ...) is stored in both files and must match on resume.
+    Writes ``out_dir/checkpoint-<key>.pt`` after every epoch (everything needed to resume; ``<key>`` hashes
+    ``meta``, see :class:`eatlib.persistence.RunFiles`) and the deployable ``final_path`` (default
+    ``out_dir/model.pt``: weights, configs and history) at the end, then deletes the checkpoints. With ``resume``
+    an interrupted run of the same configuration is continued; checkpoints of other configurations are left alone
+    and ignored (a notice says so), and a final model already at ``final_path`` is replaced (a notice says so).
+    ``meta`` (plain data: model config, defense options, starting network ...) is stored in both files.
     Model and criterion must already be on the training device.
 
     Under torchrun (a process group initialised by :func:`eatlib.distributed.init_from_env`): DDP over the model
@@ -219,16 +220,16 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, len(batches), cfg))
     history: list[dict] = []
     start_epoch = 0
-    ckpt_path = out_dir / CHECKPOINT
+    final_path = Path(final_path or out_dir / FINAL)
+    files = RunFiles(out_dir, meta)
     if current.is_main:
-        remove_partial_writes(out_dir)
-    state = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+        files.remove_partial_writes()
+    state = files.load() if resume else None
+    if current.is_main:
+        _announce(files, state, final_path, meta)
     if state is not None:
-        if state["meta"] != meta:
-            raise ResumeError(
-                f"{ckpt_path} was made with a different configuration; delete {out_dir} to train from scratch "
-                "or restore the parameters it was made with"
-            )
+        if state["meta"] != meta:  # a hash collision, or a file renamed by hand
+            raise ResumeError(f"{files.latest} was made with a different configuration; delete it to train anew")
         model.load_state_dict(state["model"])
         criterion.load_state_dict(state["criterion"])
         optimizer.load_state_dict(state["optimizer"])
@@ -260,7 +261,7 @@ def fit(
                 if current.active:  # every rank stops together, whichever rank saw it
                     finite = distributed.all_true(finite, device)
                 if not finite:
-                    last = f"{ckpt_path} (after epoch {epoch})" if ckpt_path.exists() else "none yet"
+                    last = f"{files.latest} (after epoch {epoch})" if files.latest.exists() else "none yet"
                     value = f"{loss.item()} on rank {current.rank}" if current.active else f"{loss.item()}"
                     raise FloatingPointError(
                         f"loss is {value} at epoch {epoch + 1}, step {i + 1}; last good checkpoint: {last}. "
@@ -284,13 +285,15 @@ def fit(
                 "seconds": time.perf_counter() - started,
                 "forward_backward_images": int(images),
             }
+            if hasattr(step, "epoch_info"):  # what a defense's schedule used this epoch (e.g. its eps)
+                record.update(step.epoch_info())
             if current.is_main:
                 if val_set is not None and len(val_set) > 0:
                     record.update(validate(model, val_set, cfg, seed))
                 history.append(record)
                 if show:
                     tqdm.write(" ".join(f"{k}={_fmt(v)}" for k, v in record.items()))
-                save_checkpoint(
+                files.save(
                     {
                         "model": model.state_dict(),
                         "criterion": criterion.state_dict(),
@@ -299,8 +302,7 @@ def fit(
                         "epoch": epoch + 1,
                         "history": history,
                         "meta": meta,
-                    },
-                    ckpt_path,
+                    }
                 )
             else:
                 history.append(record)
@@ -310,9 +312,24 @@ def fit(
         run_step.close()
     history = distributed.broadcast_from_main(history)
     if current.is_main:
-        save_model(model, final_path or out_dir / FINAL, meta=meta, history=history)
+        save_model(model, final_path, meta=meta, history=history)
+        files.finish()
     distributed.barrier()
     return history
+
+
+def _announce(files: RunFiles, state: dict | None, final_path: Path, meta: dict) -> None:
+    """Say what this run does with what it found in its folder (printed, so a CLI user and a notebook see it)."""
+    notes = []
+    if state is not None:
+        notes.append(f"resuming the interrupted run in {files.latest} after epoch {state['epoch']}")
+    for other in files.others():
+        notes.append(f"{other} is a checkpoint of another configuration (or an older eatlib); left as is, ignored")
+    replaced = describe_existing_model(final_path, meta)
+    if replaced:
+        notes.append(replaced)
+    for note in notes:
+        print(f"eatlib.train: {note}", file=sys.stderr, flush=True)
 
 
 class _StepRunner:
@@ -337,61 +354,6 @@ class _StepRunner:
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
-
-
-def load_checkpoint(path: Path) -> dict:
-    """The training state in ``path``; a corrupted file is an error that names the previous good checkpoint."""
-    try:
-        return checkpoint.load(path)
-    except checkpoint.CheckpointError as error:
-        previous = path.with_name(PREVIOUS)
-        try:
-            epoch = checkpoint.load(previous)["epoch"]
-            hint = (f"The previous good checkpoint is kept: {previous} (after epoch {epoch}); to resume from it: "
-                    f"mv {previous} {path}")
-        except (FileNotFoundError, checkpoint.CheckpointError):
-            hint = f"There is no readable previous checkpoint ({previous}); delete {path.parent} to train anew."
-        raise checkpoint.CheckpointError(f"{error}\n{hint}") from error
-
-
-def save_checkpoint(state: dict, path: Path) -> None:
-    """Write ``state`` to ``path`` atomically; the checkpoint it replaces becomes ``checkpoint.prev.pt``.
-    At every moment ``path`` is a complete file (the old one, then the new one)."""
-    if path.exists():
-        previous = path.with_name(PREVIOUS)
-        keep = path.with_name(f".{PREVIOUS}.{os.getpid()}.tmp")
-        keep.unlink(missing_ok=True)
-        try:
-            os.link(path, keep)  # a second name for the old file: no copy
-        except OSError:  # file systems without hard links
-            shutil.copyfile(path, keep)
-        os.replace(keep, previous)
-    checkpoint.save_atomic(state, path)
-
-
-def remove_partial_writes(out_dir: Path) -> None:
-    """Delete the temporary files of writes that a killed run left half done (they are never read)."""
-    for name in (CHECKPOINT, PREVIOUS, FINAL):
-        for partial in out_dir.glob(f".{name}.*.tmp"):
-            partial.unlink(missing_ok=True)
-
-
-def save_model(model: nn.Module, path: str | Path, *, meta: dict | None = None, history: list | None = None) -> None:
-    """The deployable artefact: weights + the config that rebuilds the model (``load_model``)."""
-    checkpoint.save_atomic(
-        {"model_config": model.config, "state_dict": model.state_dict(), "meta": meta or {}, "history": history or []},
-        path,
-    )
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a model (single network or ensemble) saved by :func:`save_model`, in eval mode."""
-    from eatlib.models import model_from_config
-
-    state = checkpoint.load(path)
-    model = model_from_config(state["model_config"])
-    model.load_state_dict(state["state_dict"])
-    return model.to(resolve_device(device)).eval()
 
 
 def _fmt(value) -> str:

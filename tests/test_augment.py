@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from eatlib.config import AugmentConfig, ConfigError, from_dict
 from eatlib.data.augment import random_affine
+from eatlib.params import AugmentConfig, ConfigError, from_dict
 
 
 def square_images(n=8, size=16):

@@ -14,7 +14,8 @@ import yaml
 
 from eatlib import checkpoint
 from eatlib.cli import main
-from eatlib.train import CHECKPOINT, FINAL, PREVIOUS, Batch, fit
+from eatlib.persistence import FINAL, RunFiles, interrupted_runs
+from eatlib.train import Batch, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 10
@@ -60,6 +61,7 @@ def assert_same_weights(path_a: Path, path_b: Path) -> None:
         torch.testing.assert_close(b["state_dict"][name], tensor, msg=name)
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path):
     params = tiny_params(tmp_path, images_per_class=40, epochs=EPOCHS)  # 25 steps per epoch
     assert main(train_argv(params, tmp_path / "full")) == 0
@@ -69,7 +71,7 @@ def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(t
     process = subprocess.Popen([sys.executable, "-m", "eatlib.cli", *train_argv(params, cut)], cwd=ROOT,
                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=log, stderr=subprocess.STDOUT)
     try:
-        while not (cut / CHECKPOINT).exists() and process.poll() is None:
+        while not interrupted_runs(cut) and process.poll() is None:
             time.sleep(0.005)
         process.send_signal(signal.SIGKILL)  # inside epoch 2: its first checkpoint was just written
         process.wait(timeout=60)
@@ -77,7 +79,8 @@ def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(t
         process.kill()
         log.close()
     assert process.returncode == -signal.SIGKILL, (tmp_path / "killed.log").read_text()[-2000:]
-    done = checkpoint.load(cut / CHECKPOINT)["epoch"]
+    (latest,) = interrupted_runs(cut)
+    done = checkpoint.load(latest)["epoch"]
     assert 1 <= done < EPOCHS and not (cut / FINAL).exists()
 
     assert main(train_argv(params, cut)) == 0  # the same command again
@@ -86,29 +89,33 @@ def test_a_run_killed_mid_epoch_resumes_to_the_weights_of_an_uninterrupted_run(t
     assert_same_weights(tmp_path / "full" / FINAL, cut / FINAL)
     full_history = checkpoint.load(tmp_path / "full" / FINAL)["history"]
     assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in full_history], rel=1e-6)
-    assert not list(cut.glob(".*.tmp"))
+    assert not list(cut.glob(".*.tmp")) and interrupted_runs(cut) == []  # finished: nothing left to resume
 
 
-def test_a_corrupted_checkpoint_is_a_clear_error_and_the_previous_one_is_kept(tmp_path, capsys):
+def test_a_corrupted_checkpoint_is_a_clear_error_and_the_previous_one_is_kept(tmp_path, capsys, monkeypatch):
     params = tiny_params(tmp_path)
     run = tmp_path / "run"
-    assert main(train_argv(params, run)) == 0
+    with monkeypatch.context() as patch:  # a run killed after its last checkpoint, before it cleaned up
+        patch.setattr(RunFiles, "finish", lambda self: None)
+        assert main(train_argv(params, run)) == 0
     final = (run / FINAL).read_bytes()
-    assert checkpoint.load(run / PREVIOUS)["epoch"] == 2 and checkpoint.load(run / CHECKPOINT)["epoch"] == 3
-    previous = (run / PREVIOUS).read_bytes()
+    (latest_name,) = (path.name for path in interrupted_runs(run))
+    prev_name = latest_name.replace(".pt", ".prev.pt")
+    assert checkpoint.load(run / prev_name)["epoch"] == 2 and checkpoint.load(run / latest_name)["epoch"] == 3
+    previous = (run / prev_name).read_bytes()
     capsys.readouterr()
 
-    latest = (run / CHECKPOINT).read_bytes()
+    latest = (run / latest_name).read_bytes()
     for broken in (latest[: len(latest) // 2], b"\x00garbage" * 100):  # truncated, then overwritten
-        (run / CHECKPOINT).write_bytes(broken)
+        (run / latest_name).write_bytes(broken)
         assert main(train_argv(params, run)) == 1
         error = capsys.readouterr().err
-        assert f"cannot load checkpoint {run / CHECKPOINT}" in error and "truncated, corrupted" in error
-        assert f"previous good checkpoint is kept: {run / PREVIOUS} (after epoch 2)" in error
-        assert f"mv {run / PREVIOUS} {run / CHECKPOINT}" in error
-        assert (run / PREVIOUS).read_bytes() == previous  # untouched by the failed run
+        assert f"cannot load checkpoint {run / latest_name}" in error and "truncated, corrupted" in error
+        assert f"previous good checkpoint is kept: {run / prev_name} (after epoch 2)" in error
+        assert f"mv {run / prev_name} {run / latest_name}" in error
+        assert (run / prev_name).read_bytes() == previous  # untouched by the failed run
 
-    os.replace(run / PREVIOUS, run / CHECKPOINT)  # what the message says to do
+    os.replace(run / prev_name, run / latest_name)  # what the message says to do
     assert main(train_argv(params, run)) == 0  # resumes after epoch 2, trains epoch 3 again
     (run / "again.pt").write_bytes(final)
     assert_same_weights(run / "again.pt", run / FINAL)
@@ -128,14 +135,17 @@ def test_a_non_finite_loss_names_the_step_and_the_last_good_checkpoint(tmp_path)
     with pytest.raises(FloatingPointError) as error:
         fit(model, criterion, TinyImages(), None, CFG, out_dir=tmp_path, step=explodes_in_epoch_2, progress=False)
     message = str(error.value)
-    assert "epoch 2, step 3" in message and f"last good checkpoint: {tmp_path / CHECKPOINT} (after epoch 1)" in message
-    assert checkpoint.load(tmp_path / CHECKPOINT)["epoch"] == 1  # and it is still there, readable
+    (latest,) = interrupted_runs(tmp_path)
+    assert "epoch 2, step 3" in message and f"last good checkpoint: {latest} (after epoch 1)" in message
+    assert checkpoint.load(latest)["epoch"] == 1  # and it is still there, readable
 
 
 BAD_INPUT = {  # id: (params.yaml change, --arch, extra options, what stderr must say)
     "unknown-arch": ({}, "nope", [], ["--arch: got 'nope'", "allowed", "['small']"]),
     "unknown-defense": ({}, "small", ["--defense", "magic"], ["--defense: got 'magic'", "allowed", "'eat'"]),
-    "missing-dataset-folder": ({"data": {"name": "cub200", "root": "{tmp}/nodata"}}, "small", [],
+    "glyph-options-on-cub": ({"data": {"name": "cub200"}}, "small", [],
+                             ["data.options: got", "options of the glyphs generator", "data.options to {}"]),
+    "missing-dataset-folder": ({"data": {"name": "cub200", "root": "{tmp}/nodata", "options": {}}}, "small", [],
                                ["data.root", "nodata", "data.name 'cub200'", "allowed"]),
     "bad-epochs": ({"train": {"epochs": 0}}, "small", [], ["train.epochs: got 0; allowed: an integer >= 1"]),
     "one-member-ensemble": ({"defenses": {"eat": {"members": 1}}}, "small", [],

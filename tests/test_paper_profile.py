@@ -3,19 +3,24 @@ that, and one tiny run of the whole pipeline with it on a fake CUB-200-2011 layo
 
 import json
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from fake_layouts import make_fake_cub200
-from test_pipeline_smoke import ROOT, _run, reproduce
+from test_pipeline_smoke import ROOT, _run
 
-from eatlib.config import Params, from_dict
-from eatlib.profiles import load_profile, overlay, overrides
+import eatlib.load  # noqa: F401  (registers the names and options that Params validates)
+from eatlib.params import Params, from_dict
+from eatlib.profiles import block_mappings, emptied_mappings, load_profile, overlay, overrides
+from eatlib.profiles import main as profiles_main
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 PAPER = load_profile(ROOT / "params-paper.yaml")
+pytestmark = pytest.mark.slow
 
 
 def test_the_paper_profile_is_the_protocol_of_paper_md():
@@ -40,6 +45,20 @@ def test_overlay_replaces_values_and_empty_mappings_and_refuses_unknown_keys():
     assert overrides({"a": {"y": {}}, "b": [2, 3]}, base) == ["-S", "~a.y.deep", "-S", "b=[2,3]"]
 
 
+def test_a_mapping_the_profile_empties_must_be_a_flow_mapping_in_params_yaml(tmp_path, capsys):
+    # DVC cannot delete every key of a commented block mapping: say so before `dvc exp run` corrupts nothing.
+    assert emptied_mappings(PAPER, PARAMS) == ["data.options", "models.resnet.options", "models.mobilenet.options"]
+    shipped = (ROOT / "params.yaml").read_text()
+    assert block_mappings(shipped, emptied_mappings(PAPER, PARAMS)) == []
+    block = shipped.replace("  options: {num_classes: 200, images_per_class: 40}\n",
+                            "  options:\n    num_classes: 200   # a comment\n    images_per_class: 40\n")
+    assert block != shipped
+    (tmp_path / "params.yaml").write_text(block)
+    with pytest.raises(SystemExit, match=r"data.options: .*flow style"):
+        profiles_main([str(ROOT / "params-paper.yaml"), "--params", str(tmp_path / "params.yaml")])
+    assert capsys.readouterr().out == ""  # no overrides printed for make to run
+
+
 def test_dvc_exp_run_with_the_printed_overrides_writes_the_overlaid_params(tmp_path):
     # DVC merges mappings and parses values itself: check that `make paper`'s command line gives DVC exactly
     # overlay(params.yaml, params-paper.yaml).
@@ -57,35 +76,66 @@ def test_dvc_exp_run_with_the_printed_overrides_writes_the_overlaid_params(tmp_p
     assert yaml.safe_load((tmp_path / "seen.yaml").read_text()) == overlay(PARAMS, PAPER)
 
 
-def paper_smoke_profile() -> dict:
-    """The paper profile at 224px on a fake CUB, shrunk to seconds: untrained-from-ImageNet backbones (tests never
-    download), one epoch, standard + EAT, one-step attacks on a few images."""
-    params = overlay(PARAMS, PAPER)
-    for model in params["models"].values():
-        model.update(pretrained=False, embedding_dim=16)
-    params["pipeline"] = {"archs": ["resnet", "mobilenet"], "trained_defenses": ["standard", "eat"],
-                          "inference_defenses": []}
-    params["data"]["val_fraction"] = 0.2
-    params["train"].update(epochs=1, batch_size=8, samples_per_class=4, lr_milestones=[], eval_batch_size=8)
-    params["pretrain"] = {"epochs": 1}
-    params["defenses"]["eat"].update(members=2)
-    params["defenses"]["eat"]["attack"].update(steps=1, warmup_epochs=0)
-    params["attacks"].update(subset=12, batch_size=12, sweep_eps=["8/255"])
-    params["attacks"]["headline"]["steps"] = 1
-    params["attacks"]["suite"] = []
-    params["ablation"]["variants"] = {"eat_aggregate_mean": {"defense": "eat", "options": {"aggregate": "mean"}}}
-    return params
+def paper_smoke_overrides() -> list[str]:
+    """`make paper`'s run shrunk to seconds, as extra -S arguments on top of the profile (PAPER_ARGS): untrained
+    backbones (tests never download), one epoch, standard + EAT, one-step attacks on a few images."""
+    paper = overlay(PARAMS, PAPER)
+    shrink = {
+        "models": {name: {"pretrained": False, "embedding_dim": 16} for name in paper["models"]},
+        "pipeline": {"archs": ["resnet", "mobilenet"], "trained_defenses": ["standard", "eat"],
+                     "inference_defenses": []},
+        "data": {"val_fraction": 0.2},
+        "train": {"epochs": 1, "batch_size": 8, "samples_per_class": 4, "lr_milestones": []},
+        "pretrain": {"epochs": 1, "lr_milestones": []},
+        "defenses": {"eat": {"members": 2, "attack": {"steps": 1, "warmup_epochs": 0}}},
+        "attacks": {"subset": 12, "batch_size": 12, "sweep_eps": ["8/255"], "headline": {"steps": 1}, "suite": []},
+    }
+    args = overrides(shrink, paper)
+    # Deleting some keys of a block mapping is fine for DVC; one variant is kept.
+    for variant in paper["ablation"]["variants"]:
+        if variant != "eat_aggregate_mean":
+            args += ["-S", f"~ablation.variants.{variant}"]
+    return args
 
 
-def test_the_paper_profile_runs_end_to_end_on_a_fake_cub(tmp_path):
-    fake = {}
-    reproduce(tmp_path, paper_smoke_profile(), prepare=lambda copy: fake.setdefault(
-        "cub", make_fake_cub200(copy / "data", train_classes=5, test_classes=4, images_per_class=4)))
+def git_copy(copy: Path) -> dict:
+    """The tracked files (not the committed results) in a git repository at ``copy``; returns the environment."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (ROOT / name).is_file() and not name.startswith("results/") and name != "dvc.lock":
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, copy / name)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    _run(["git", "init", "-q"], copy, env)
+    _run(["git", "add", "-A"], copy, env)
+    _run(["git", "commit", "-qm", "copy"], copy, env)
+    return env
+
+
+def test_make_paper_reaches_the_dataset_check_and_runs_with_the_shipped_params(tmp_path):
+    env = git_copy(tmp_path)
+    assert (tmp_path / "params.yaml").read_text() == (ROOT / "params.yaml").read_text()  # comments and all
+    venv = Path(sys.executable).parent.parent
+    make = ["make", "-o", str(venv / ".installed"), "paper", f"VENV={venv}", "DATASET=cub200"]
+    missing = subprocess.run(make, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode != 0 and "cub200" in missing.stderr and "data/cub200" in missing.stderr
+    assert "Running stage" not in missing.stdout  # refused before any work
+
+    fake = make_fake_cub200(tmp_path / "data", train_classes=5, test_classes=4, images_per_class=4)
+    _run([str(Path(sys.executable).parent / "dvc"), "add", "-q", "data"], tmp_path, env)
+    _run(["git", "add", "-A"], tmp_path, env)
+    _run(["git", "commit", "-qm", "data"], tmp_path, env)
+    _run([*make, f"PAPER_ARGS={' '.join(paper_smoke_overrides())}"], tmp_path, env)
     summary = json.loads((tmp_path / "results/data/summary.json").read_text())
     assert summary["dataset"] == "cub200" and summary["image_size"] == 224
-    assert summary["splits"]["test"] == {"images": fake["cub"].test_images, "classes": 4}
+    assert summary["splits"]["test"] == {"images": fake.test_images, "classes": 4}
     for arch in ("resnet", "mobilenet"):
         result = json.loads((tmp_path / f"results/metrics/{arch}/eat.json").read_text())
         assert result["config"]["model"]["embedding_dim"] == 16 and 0 <= result["clean"]["nmi"] <= 1
     main = (tmp_path / "results/tables/main.md").read_text()
     assert "| eat |" in main and (tmp_path / "results/figures/robustness_eps.png").stat().st_size > 1000
+    # The experiment ran on the profile laid over the shipped file: the paper's keys, the shipped comments.
+    used = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    assert used["data"]["name"] == "cub200" and used["data"]["options"] == {} and used["train"]["epochs"] == 1

@@ -1,16 +1,22 @@
-"""One smoke run of the whole DVC pipeline (every stage, tiny profile) in a temporary copy of the repository."""
+"""One smoke run of the whole DVC pipeline (every stage, tiny profile) in a temporary git copy of the repository,
+then what a user does next: edit a parameter and re-run, `dvc exp run -S`, kill a stage and re-run it."""
 
+import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 def tiny_profile(params: dict) -> dict:
@@ -26,6 +32,9 @@ def tiny_profile(params: dict) -> dict:
     params["pretrain"] = {"epochs": 1, "lr_milestones": []}
     for defense in ("pgd_at", "eat"):
         params["defenses"][defense]["attack"].update(steps=1, warmup_epochs=1)
+    # PGD-AT dearer per epoch than EAT here (3 passes per image against 2 for each member's share), so the
+    # compute-matched run has a schedule of its own
+    params["defenses"]["pgd_at"]["attack"]["steps"] = 2
     params["defenses"]["eat"]["members"] = 2
     params["attacks"].update(subset=24, eot_samples=2, sweep_eps=["4/255", "8/255"], batch_size=24)
     params["attacks"]["headline"]["steps"] = 1
@@ -42,26 +51,45 @@ def _run(args, cwd, env):
     return done.stdout
 
 
-def reproduce(copy: Path, params: dict, prepare=None):
-    """Copy the tracked files to ``copy``, write ``params`` as its params.yaml, call ``prepare(copy)`` (e.g. to
-    place a dataset under data/), and run `dvc repro` there as `make repro` does. Returns (env, dvc command)."""
+def git_copy(copy: Path) -> dict:
+    """The tracked files in a new git repository at ``copy``, committed; returns the environment to run in.
+    The committed results and lock of the full run are what the copy must produce, not start from."""
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     for name in filter(None, tracked.decode().split("\0")):
-        # The committed results and lock of the full run are what the copy must produce, not start from.
         if (ROOT / name).is_file() and not name.startswith("results/") and name != "dvc.lock":
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)
-    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1"}
+           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    _run(["git", "init", "-q"], copy, env)
+    commit(copy, env, "copy")
+    return env
+
+
+def commit(copy: Path, env: dict, message: str) -> None:
+    _run(["git", "add", "-A"], copy, env)
+    _run(["git", "commit", "-qm", message, "--allow-empty"], copy, env)
+
+
+def reproduce(copy: Path, params: dict, prepare=None):
+    """A git copy of the tracked files at ``copy`` with ``params`` as its params.yaml; ``prepare(copy)`` (e.g. to
+    place a dataset under data/) is called, then `dvc repro` runs there as `make repro` does, and everything is
+    committed (so that `dvc exp run` can follow). Returns (env, dvc command)."""
+    env = git_copy(copy)
+    (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     dvc = [str(Path(sys.executable).parent / "dvc")]
-    _run([*dvc, "config", "core.no_scm", "true"], copy, env)
     (copy / "data").mkdir(exist_ok=True)
     if prepare is not None:
         prepare(copy)
     _run([*dvc, "add", "-q", "data"], copy, env)  # what `make repro` does for an empty data/
     _run([*dvc, "repro"], copy, env)
+    commit(copy, env, "repro")
     return env, dvc
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +113,12 @@ def test_every_declared_output_exists_and_parses(repo):
                 for key in section.split("."):
                     scores = scores[key]
                 assert {"nmi", "ami", "ari", "f1", "purity", "recall@1"} <= set(scores), (arch, defense, section)
-            if result["randomized"]:  # EOT makes the sweep eot_samples times dearer: off unless asked
+            # Randomised inference defenses, and only they, are attacked with EOT (every attack of the suite).
+            randomized = defense in ("randomization", "bart", "mixup_inference")
+            assert result["randomized"] is randomized, (arch, defense)
+            eot = {name: attack["spec"]["eot"] for name, attack in result["attacks"].items()}
+            assert eot == {name: params["attacks"]["eot_samples"] if randomized else 1 for name in eot}, eot
+            if randomized:  # EOT makes the sweep eot_samples times dearer: off unless asked
                 assert "sweep" not in result and not params["attacks"]["eot_sweep"]
             else:
                 assert len(result["sweep"]["metrics"]) == len(params["attacks"]["sweep_eps"])
@@ -115,11 +148,13 @@ def test_every_declared_output_exists_and_parses(repo):
 
 
 def test_compute_matched_baseline_spent_the_budget_of_eat(repo):
-    copy, *_ = repo
+    copy, params, *_ = repo
     eat = json.loads((copy / "results/metrics/resnet/eat.json").read_text())["cost"]
     matched = json.loads((copy / "results/ablation/pgd_at_compute_matched.json").read_text())["cost"]
     pgd_at = json.loads((copy / "results/metrics/resnet/pgd_at.json").read_text())["cost"]
     per_epoch = pgd_at["forward_backward_images"] / pgd_at["epochs"]
+    expected = max(1, round(eat["forward_backward_images"] / per_epoch))
+    assert pgd_at["epochs"] == params["train"]["epochs"] and matched["epochs"] == expected != pgd_at["epochs"]
     assert abs(matched["forward_backward_images"] - eat["forward_backward_images"]) <= per_epoch / 2
 
 
@@ -130,12 +165,71 @@ def test_a_second_repro_does_nothing_and_status_is_clean(repo):
     assert "up to date" in _run([*dvc, "status"], copy, env)
 
 
-def test_editing_one_eat_param_reruns_only_the_stages_that_read_it(repo):
+def test_editing_one_eat_param_reruns_only_the_stages_that_read_it_and_the_rerun_succeeds(repo):
     copy, params, env, dvc = repo
+    before = {arch: digest(copy / f"results/models/{arch}/eat.pt") for arch in ("resnet", "mobilenet")}
+    standard = digest(copy / "results/models/resnet/standard.pt")
     params["defenses"]["eat"]["transfer"] = "ensemble"
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(_run([*dvc, "status", "--json"], copy, env)))
-    # The ablation reads every defense's options (its variants are built over them); attack stages follow the
-    # retrained models once those change.
-    assert changed == {"train@resnet-eat", "train@mobilenet-eat", "ablation@pgd_at_compute_matched",
-                       "ablation@eat_aggregate_mean"}
+    assert {"train@resnet-eat", "train@mobilenet-eat"} <= changed
+    assert not {stage for stage in changed if "standard" in stage or "pgd_at" in stage.split("@")[1].split("-")}
+    _run([*dvc, "repro"], copy, env)  # an interrupted-run checkpoint of the old configuration must not block it
+    for arch in ("resnet", "mobilenet"):
+        assert digest(copy / f"results/models/{arch}/eat.pt") != before[arch]  # retrained: another model
+        config = json.loads((copy / f"results/metrics/{arch}/eat.json").read_text())["config"]
+        assert config["defense_options"]["transfer"] == "ensemble"
+    assert digest(copy / "results/models/resnet/standard.pt") == standard
+    assert "up to date" in _run([*dvc, "status"], copy, env)
+    commit(copy, env, "transfer: ensemble")
+
+
+def test_dvc_exp_run_with_a_changed_ensemble_size_after_a_run(repo):
+    copy, _, env, dvc = repo
+    out = _run([*dvc, "exp", "run", "-S", "defenses.eat.members=3"], copy, env)
+    assert "Running stage 'train@resnet-eat'" in out
+    model = json.loads((copy / "results/metrics/resnet/eat.json").read_text())
+    assert sorted(model["members"]) == ["0", "1", "2"]
+    assert yaml.safe_load((copy / "params.yaml").read_text())["defenses"]["eat"]["members"] == 3
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    """SIGKILL ``process`` and every descendant (papermill's kernel runs in a session of its own)."""
+    import psutil
+
+    parent = psutil.Process(process.pid)
+    for child in [*parent.children(recursive=True), parent]:
+        try:
+            child.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    process.wait(timeout=60)
+
+
+def test_a_train_stage_killed_mid_epoch_by_dvc_resumes_to_the_same_weights(repo):
+    copy, _, env, dvc = repo
+    model, run_dir = copy / "results/models/resnet/pgd_at.pt", copy / "runs/resnet/pgd_at"
+    uninterrupted = copy.parent / "pgd_at.uninterrupted.pt"
+    shutil.copy2(model, uninterrupted)
+    # Forced: otherwise DVC's run cache restores the stage's outputs instead of running it.
+    command = [*dvc, "repro", "--force", "--single-item", "train@resnet-pgd_at"]
+    process = subprocess.Popen(command, cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not list(run_dir.glob("checkpoint-*.pt")) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert process.poll() is None, "the stage ended before its first checkpoint"
+        _kill_tree(process)  # in epoch 2 of 2: epoch 1's checkpoint was just written
+    finally:
+        if process.poll() is None:
+            _kill_tree(process)
+    assert not model.exists()  # DVC removed the old output before running
+    out = _run(command, copy, env)  # the same command again
+    assert "Running stage 'train@resnet-pgd_at'" in out
+    notebook = (copy / "results/notebooks/train/resnet-pgd_at.ipynb").read_text()
+    assert "resuming the interrupted run" in notebook and "after epoch 1" in notebook
+    trained = {name: torch.load(path, weights_only=True)["state_dict"] for name, path in
+               (("resumed", model), ("uninterrupted", uninterrupted))}
+    for key, tensor in trained["uninterrupted"].items():
+        assert torch.equal(trained["resumed"][key], tensor), key  # bitwise, on the CPU
+    assert not list(run_dir.glob("checkpoint-*.pt"))  # finished: nothing left to resume

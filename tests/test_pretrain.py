@@ -3,8 +3,8 @@
 import torch
 
 from eatlib.models import Ensemble, build_model
+from eatlib.persistence import save_model
 from eatlib.pipeline import initialize_from
-from eatlib.train import save_model
 
 
 def test_initialize_from_loads_the_network_into_a_model_and_into_every_member(tmp_path):
