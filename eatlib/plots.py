@@ -24,6 +24,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullLocator
 
+from eatlib.params import parse_eps
 from eatlib.report import (
     CANONICAL_DEFENSES,
     DISPLAY_NAMES,
@@ -32,7 +33,6 @@ from eatlib.report import (
     defense_order,
     load_ablation,
     load_metrics,
-    parse_eps,
     write_atomic,
 )
 
@@ -251,6 +251,34 @@ def plot_training_curves(histories: Mapping[str, Sequence[Mapping]], out_path: s
     if out_path is not None:
         save_figure(figure, out_path)
     return figure
+
+
+TRAINING_CSV_KEYS = ("loss", "val_nmi", "val_recall@1")
+
+
+def training_curves_wide(histories: Mapping[str, Mapping[str, Sequence[Mapping]]], *,
+                         keys: Sequence[str] = TRAINING_CSV_KEYS) -> pd.DataFrame:
+    """Per-epoch training records of every run as one table for ``dvc plots``: one row per epoch, one column per
+    ``<arch>/<key>/<run>`` (``histories`` = ``{arch: {run label: history}}``). Runs of different lengths leave
+    empty cells, which the plots skip; a key no record of a run holds gets no column."""
+    columns: dict[str, dict[int, float]] = {}
+    for arch, runs in histories.items():
+        for key in keys:
+            for run, history in runs.items():
+                points = {int(record["epoch"]): float(record[key]) for record in history if key in record}
+                if points:
+                    columns[f"{arch}/{key}/{run}"] = points
+    if not columns:
+        raise ValueError(f"the histories hold none of the keys {', '.join(keys)}; pass {{arch: {{run: history}}}}")
+    frame = pd.DataFrame(columns).sort_index()
+    return frame.rename_axis("epoch").reset_index()
+
+
+def write_training_curves_csv(histories: Mapping[str, Mapping[str, Sequence[Mapping]]], path: str | Path,
+                              **options) -> Path:
+    """Write :func:`training_curves_wide` as CSV (``options`` go to it)."""
+    frame = training_curves_wide(histories, **options)
+    return write_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
 
 
 # ------------------------------------------------------------------------------------------------------------ t-SNE

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,22 +13,21 @@ import yaml
 from torch import nn
 
 from eatlib.attacks import EmbeddingShift
-from eatlib.config import ConfigError, LossConfig, TrainConfig, from_dict
 from eatlib.data import ClassBalancedBatchSampler
 from eatlib.defenses import (
     INFERENCE_DEFENSES,
-    TRAINING_DEFENSES,
     Adversary,
     AttackOptions,
-    DefensesConfig,
     TrainingLoss,
     build_inference,
     build_training,
 )
 from eatlib.defenses.adp import adp_regulariser
 from eatlib.defenses.mixup import mixed_loss, weighted_proxy_anchor
+from eatlib.defenses.trades import TRADESOptions
 from eatlib.losses import build_loss
 from eatlib.models import build_model
+from eatlib.params import ConfigError, LossConfig, Params, TrainConfig, from_dict
 from eatlib.train import Batch, ForwardCounter, build_optimizer
 
 SIZE, DIM, CLASSES, PER_CLASS = 16, 16, 6, 8
@@ -136,6 +135,31 @@ def test_setup_meta_names_the_defense_and_its_options():
 
 
 # ---------------------------------------------------------------- the inner maximisation
+
+
+WARMUP = {**ATTACK, "warmup_epochs": 3}
+ADVERSARIAL_CASES = {"pgd_at": {"attack": WARMUP}, "trades": {"attack": WARMUP}, "iat": {"attack": WARMUP},
+                     "adp": {"members": 2, "adversarial": True, "attack": WARMUP},
+                     "eat": {"members": 2, "attack": WARMUP}}
+
+
+@pytest.mark.parametrize("name", sorted(ADVERSARIAL_CASES))
+def test_adversarial_steps_report_the_eps_of_each_epoch_for_the_history(name):
+    step = setup_for(name, ADVERSARIAL_CASES[name]).step
+    reported = []
+    for epoch in range(5):
+        step.set_epoch(epoch)
+        reported.append(step.epoch_info())
+    ramp = [min(1, (e + 1) / 4) for e in range(5)]  # k = 3: quarters, then full
+    assert [r["eps"] for r in reported] == pytest.approx([8 / 255 * f for f in ramp])
+    assert [r["step_size"] for r in reported] == pytest.approx([4 / 255 * f for f in ramp])
+    assert step.adversary.eps() == pytest.approx((8 / 255, 4 / 255))  # what the attack of epoch 4 uses
+
+
+def test_a_step_without_an_attack_reports_no_eps():
+    assert setup_for("adp", {"members": 2}).step.epoch_info() == {}
+    assert not hasattr(setup_for("standard").step, "epoch_info")
+
 
 
 def test_training_loss_objective_drives_the_engine_up_the_loss():
@@ -347,15 +371,16 @@ def test_defenses_section_of_params_yaml():
         "eat: {members: 4, split: disjoint, transfer: ensemble, aggregate: 1, attack: {eps: 4/255}}\n"
         "pgd_at: {clean_weight: 0.5}\n"
     )
-    config = from_dict(DefensesConfig, section, "defenses")
-    assert config.eat.members == 4 and config.eat.aggregate == 1 and config.eat.attack.eps == pytest.approx(4 / 255)
-    assert config.options_of("pgd_at").clean_weight == 0.5 and config.trades == DefensesConfig().trades
-    # Every registered defense has a subsection, and nothing else does.
-    assert {f.name for f in fields(DefensesConfig)} == set(TRAINING_DEFENSES) | set(INFERENCE_DEFENSES)
-    with pytest.raises(ConfigError, match=r"defenses: unknown key\(s\) \['eta'\]"):
-        from_dict(DefensesConfig, {"eta": {}}, "defenses")
+    shipped = yaml.safe_load((Path(__file__).parents[1] / "params.yaml").read_text())
+    params = from_dict(Params, {**shipped, "defenses": section})
+    eat = params.defense_options("eat")
+    assert eat.members == 4 and eat.aggregate == 1 and eat.attack.eps == pytest.approx(4 / 255)
+    # A subsection left out takes that defense's defaults.
+    assert params.defense_options("pgd_at").clean_weight == 0.5 and params.defense_options("trades") == TRADESOptions()
+    with pytest.raises(ConfigError, match=r"defenses: got 'eta'; allowed: subsections named after defenses"):
+        from_dict(Params, {**shipped, "defenses": {"eta": {}}})
     with pytest.raises(ConfigError, match=re.escape("defenses.eat.members")):
-        from_dict(DefensesConfig, {"eat": {"members": 1}}, "defenses")
+        from_dict(Params, {**shipped, "defenses": {"eat": {"members": 1}}})
 
 
 # ---------------------------------------------------------------- inference-time defenses

@@ -10,7 +10,7 @@ from torch import nn
 
 from eatlib.defenses import MemberStack, TrainingLoss, batch_share, membership
 from eatlib.defenses.transfer import batchnorm_layers
-from eatlib.train import load_model, save_model
+from eatlib.persistence import load_model, save_model
 
 N, M = 48, 3
 NO_ATTACK = {**ATTACK, "eps": 0}  # the engine returns the clean images unchanged: members' inputs identify samples
@@ -198,15 +198,126 @@ def test_ensemble_checkpoint_round_trips(tmp_path, aggregate):
 
 
 def test_eat_trains_through_the_shared_trainer_with_eps_warm_up(tmp_path):
-    """fit() runs the ensemble step, tells it the epoch (eps warm-up) and saves the ensemble as one model."""
-    from eatlib.config import TrainConfig
+    """fit() runs the ensemble step, tells it the epoch and records each epoch's eps: the ramp
+    eps * min(1, (e + 1) / (k + 1)) epoch by epoch, then full eps; the ensemble is saved as one model."""
+    from eatlib.params import TrainConfig
     from eatlib.train import fit
 
     data = TinyImages()
-    setup = setup_for("eat", {"members": 2, "attack": {**ATTACK, "warmup_epochs": 1}}, data=data)
-    cfg = TrainConfig(epochs=2, batch_size=24, samples_per_class=4, lr=3e-3, warmup_epochs=0)
+    warmup, epochs = 2, 4
+    setup = setup_for("eat", {"members": 2, "attack": {**ATTACK, "warmup_epochs": warmup}}, data=data)
+    cfg = TrainConfig(epochs=epochs, batch_size=24, samples_per_class=4, lr=3e-3, warmup_epochs=0)
     history = fit(setup.model, setup.criterion, data, None, cfg, out_dir=tmp_path, step=setup.step,
                   progress=False, meta=setup.meta)
-    assert len(history) == 2 and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
-    assert setup.step.adversary.epoch == 1 and setup.step.adversary.eps()[0] == pytest.approx(8 / 255)
+    assert len(history) == epochs and all(torch.isfinite(torch.tensor(h["loss"])) for h in history)
+    expected = [8 / 255 * 1 / 3, 8 / 255 * 2 / 3, 8 / 255, 8 / 255]  # k = 2: thirds, then full
+    assert [h["eps"] for h in history] == pytest.approx(expected)
+    assert [h["step_size"] for h in history] == pytest.approx([4 / 255 * e / (8 / 255) for e in expected])
     assert isinstance(load_model(tmp_path / "model.pt"), nn.Module)
+
+
+# ---------------------------------------------------------------- the split property under every transfer, via fit
+
+
+class RecordingStep:
+    """Wraps an EAT step inside ``fit``: per step, each member's training-mode inputs, its share and the
+    gradient its own share's loss gives its parameters (recomputed from those inputs, buffers restored)."""
+
+    def __init__(self, step, model, criteria):
+        self.step, self.model, self.criteria, self.steps = step, model, criteria, []
+        self.recording = True
+        self.members = list(model.members)
+        for m, member in enumerate(self.members):
+            member.register_forward_hook(self._record_input(m))
+            for p in member.parameters():
+                p.register_hook(self._record_grad(m, p))
+
+    def _record_input(self, m):
+        def hook(module, inputs, output):
+            if module.training and self.recording:
+                self.steps[-1]["inputs"][m].append(inputs[0].detach().clone())
+        return hook
+
+    def _record_grad(self, m, p):
+        def hook(grad):
+            if self.recording:
+                self.steps[-1]["grads"][m].setdefault(id(p), []).append(grad.detach().clone())
+        return hook
+
+    def set_epoch(self, epoch):
+        self.step.set_epoch(epoch)
+
+    def epoch_info(self):
+        return self.step.epoch_info()
+
+    def __call__(self, model, criterion, batch):
+        record = {"batch": batch, "shares": self.step.shares(batch.indices),
+                  "inputs": {m: [] for m in range(M)}, "grads": {m: {} for m in range(M)}}
+        self.steps.append(record)
+        loss = self.step(model, criterion, batch)
+        self.recording = False  # the reference passes below are not the step's
+        record["expected"] = [self._own_share_gradient(m, record) for m in range(M)]
+        self.recording = True
+        return loss
+
+    def _own_share_gradient(self, m, record):
+        member, share = self.members[m], record["shares"][m]
+        if not len(share):
+            return None
+        buffers = [(module, name, buffer) for module in member.modules() for name, buffer in module._buffers.items()]
+        (inputs,) = record["inputs"][m]  # exactly one training pass per member (clean_weight 0)
+        loss = self.criteria[m](member(inputs), record["batch"].labels[share]) / M
+        grads = torch.autograd.grad(loss, list(member.parameters()))
+        for module, name, buffer in buffers:  # the reference pass must not move BatchNorm's running statistics;
+            module._buffers[name] = buffer  # put the old tensors back (the step's backward may still need them)
+        return {id(p): g for p, g in zip(member.parameters(), grads, strict=True)}
+
+
+def identify(images: torch.Tensor, clean: torch.Tensor, eps: float) -> torch.Tensor:
+    """Dataset index of each (adversarial) image: its only clean image within eps in L-inf."""
+    distance = (images.flatten(1)[:, None, :] - clean.flatten(1)[None]).abs().amax(2)  # [B, N]
+    nearest = distance.topk(2, dim=1, largest=False)
+    assert (nearest.values[:, 0] <= eps + 1e-6).all(), "an input is not within eps of any training image"
+    assert (nearest.values[:, 1] > 2 * eps).all(), "the probe images are too close to tell apart"
+    return nearest.indices[:, 0]
+
+
+@pytest.mark.parametrize("split", ["complement", "bootstrap"])
+@pytest.mark.parametrize("transfer", ["each_member", "ensemble", "bn_stats", "none"])
+def test_members_learn_only_from_their_share_under_every_transfer_through_fit(tmp_path, transfer, split):
+    """With eps > 0 and every self-transfer scheme: each member's training inputs are adversarial copies of exactly
+    its share of the batch (its membership counts), and its parameters' gradient is the gradient of its own loss on
+    those inputs alone (attacks that query other members or samples add nothing)."""
+    from eatlib.params import TrainConfig
+    from eatlib.train import fit
+
+    data = TinyImages()
+    eps = 8 / 255
+    setup = setup_for("eat", {"members": M, "split": split, "transfer": transfer, "attack": ATTACK}, data=data)
+    recorder = RecordingStep(setup.step, setup.model, setup.criterion)
+    cfg = TrainConfig(epochs=1, batch_size=24, samples_per_class=4, lr=3e-3, warmup_epochs=0)
+    fit(setup.model, setup.criterion, data, None, cfg, out_dir=tmp_path, step=recorder, progress=False,
+        meta=setup.meta)
+    counts = setup.step.membership
+    clean = data.images.float().div(255)
+    assert len(recorder.steps) == 2
+    perturbed = 0
+    for record in recorder.steps:
+        indices = record["batch"].indices
+        for m in range(M):
+            share = record["shares"][m]
+            expected_samples = indices[share]
+            assert sorted(expected_samples.tolist()) == sorted(
+                torch.repeat_interleave(indices, counts[m, indices]).tolist())
+            if not len(share):
+                assert not record["inputs"][m] and not record["grads"][m]
+                continue
+            (inputs,) = record["inputs"][m]
+            assert identify(inputs, clean, eps).tolist() == expected_samples.tolist(), (transfer, m)
+            perturbed += int((inputs - clean[expected_samples]).abs().amax() > eps / 2)
+            grads, expected = record["grads"][m], record["expected"][m]
+            assert set(grads) == set(expected)
+            for key, calls in grads.items():
+                assert len(calls) == 1, "a member's parameters got gradients from more than the training pass"
+                torch.testing.assert_close(calls[0], expected[key], rtol=1e-4, atol=1e-7)
+    assert perturbed > 0, "the inputs were not attacked: the check would not see attack-time leaks"

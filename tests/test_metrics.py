@@ -1,4 +1,5 @@
-"""eatlib.metrics: cross-checked against scikit-learn, pytorch-metric-learning and hand-computed cases."""
+"""eatlib.metrics: cross-checked against pytorch-metric-learning and against NMI, ARI, F1 and purity computed by
+hand from the contingency table."""
 
 import math
 
@@ -9,8 +10,6 @@ import torch.nn.functional as F
 from pytorch_metric_learning.distances import CosineSimilarity
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from pytorch_metric_learning.utils.inference import CustomKNN
-from sklearn.cluster import KMeans
-from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score, normalized_mutual_info_score
 
 from eatlib import metrics
 from eatlib.metrics import (
@@ -101,22 +100,83 @@ def brute_force_retrieval(reference, labels, queries, query_labels, ks):
 
 # --- clustering -----------------------------------------------------------------------------------------------
 
-def test_cluster_metrics_match_sklearn_on_one_shared_kmeans():
+def contingency(labels, clusters) -> np.ndarray:
+    """``table[i, j]`` = number of samples of class i (in sorted order) put in cluster j."""
+    classes, y = np.unique(labels, return_inverse=True)
+    ids, c = np.unique(clusters, return_inverse=True)
+    table = np.zeros((len(classes), len(ids)), dtype=np.int64)
+    np.add.at(table, (y, c), 1)
+    return table
+
+
+def nmi_by_hand(table: np.ndarray) -> float:
+    """I(Y; C) / ((H(Y) + H(C)) / 2), with natural logs, from the counts alone."""
+    p = table / table.sum()
+    py, pc = p.sum(1), p.sum(0)
+    nz = p > 0
+    mutual = float((p[nz] * np.log(p[nz] / np.outer(py, pc)[nz])).sum())
+    entropy = lambda q: float(-(q[q > 0] * np.log(q[q > 0])).sum())
+    mean_entropy = (entropy(py) + entropy(pc)) / 2
+    return mutual / mean_entropy if mean_entropy > 0 else 1.0
+
+
+def ari_by_hand(table: np.ndarray) -> float:
+    """Hubert and Arabie: (sum_ij C(n_ij,2) - E) / (mean of the row and column pair sums - E)."""
+    pairs = lambda n: n * (n - 1) / 2
+    together, rows, cols = pairs(table).sum(), pairs(table.sum(1)).sum(), pairs(table.sum(0)).sum()
+    expected = rows * cols / pairs(table.sum())
+    return float((together - expected) / ((rows + cols) / 2 - expected))
+
+
+def test_hand_formulas_on_a_hand_counted_table():
+    # classes {0,1,2} {3,4,5}; clusters {0,1} {2,3} {4,5}: table [[2,1,0],[0,1,2]].
+    table = contingency([0, 0, 0, 1, 1, 1], [0, 0, 1, 1, 2, 2])
+    assert table.tolist() == [[2, 1, 0], [0, 1, 2]]
+    # pairs: together 1+1 = 2, rows 3+3 = 6, columns 1+1+1 = 3, all 15 -> E = 18/15 = 1.2
+    assert ari_by_hand(table) == pytest.approx((2 - 1.2) / (4.5 - 1.2))
+    # H(Y) = ln 2, H(C) = ln 3, I = 4 * (1/3) ln 2 = ... : 2 cells of 1/3 with ratio 2, 2 cells of 1/6 with ratio 1
+    mutual = 2 * (1 / 3) * math.log(2)
+    assert nmi_by_hand(table) == pytest.approx(mutual / ((math.log(2) + math.log(3)) / 2))
+
+
+def test_cluster_metrics_match_hand_computed_nmi_and_ari_of_one_shared_kmeans():
     x, y = random_embeddings()
     got = cluster_metrics(x, y, seed=3)
-    clusters = KMeans(n_clusters=12, n_init=metrics.KMEANS_N_INIT, random_state=3).fit_predict(x.double().numpy())
-    assert got["nmi"] == pytest.approx(normalized_mutual_info_score(y, clusters), abs=1e-12)
-    assert got["ami"] == pytest.approx(adjusted_mutual_info_score(y, clusters), abs=1e-12)
-    assert got["ari"] == pytest.approx(adjusted_rand_score(y, clusters), abs=1e-12)
+    table = contingency(y, kmeans_assign(x, 12, seed=3))  # the same seeded k-means the scores must share
+    assert got["nmi"] == pytest.approx(nmi_by_hand(table), abs=1e-12)
+    assert got["ari"] == pytest.approx(ari_by_hand(table), abs=1e-12)
     assert 0.05 < got["ari"] < 0.95  # a non-trivial case: the comparison above means something
+    # AMI: chance-corrected, so below NMI on this partly clustered set, and near 0 for unrelated labels.
+    assert 0 < got["ami"] < got["nmi"]
+    shuffled = np.random.default_rng(0).permutation(y)
+    assert abs(cluster_metrics(x, shuffled, seed=3)["ami"]) < 0.05
     assert set(got) == {"nmi", "ami", "ari", "f1", "purity"}
     assert all(type(v) is float for v in got.values())
 
 
-def test_cluster_metrics_are_deterministic_for_a_seed():
-    x, y = random_embeddings(spread=1.5)
+def ambiguous_embeddings(n=120, dim=8, seed=0):
+    """Points spread uniformly over the sphere: no cluster structure, many equally good k-means optima."""
+    gen = torch.Generator().manual_seed(seed)
+    x = F.normalize(torch.randn(n, dim, generator=gen), dim=1)
+    return x, np.arange(n) % 12
+
+
+def same_partition(a, b) -> bool:
+    """True when two clusterings group the samples identically (whatever the cluster ids)."""
+    table = contingency(a, b)
+    nonzero = table > 0
+    return table.shape[0] == table.shape[1] and bool((nonzero.sum(0) == 1).all() and (nonzero.sum(1) == 1).all())
+
+
+def test_cluster_metrics_are_deterministic_for_a_seed_and_the_seed_matters():
+    x, y = ambiguous_embeddings()
     assert cluster_metrics(x, y, seed=7) == cluster_metrics(x, y, seed=7)
     assert np.array_equal(kmeans_assign(x, 12, seed=7), kmeans_assign(x, 12, seed=7))
+    # On a set without structure the seed picks the optimum: other seeds give other partitions and scores.
+    reference = kmeans_assign(x, 12, seed=7)
+    others = [kmeans_assign(x, 12, seed=s) for s in (0, 1, 2)]
+    assert not any(same_partition(reference, other) for other in others)
+    assert len({cluster_metrics(x, y, seed=s)["nmi"] for s in (0, 1, 2, 7)}) > 1
 
 
 def test_perfectly_clustered_embeddings_score_one_everywhere():

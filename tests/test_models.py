@@ -304,6 +304,7 @@ LEARNING_SETUPS = {  # arch -> (options, steps): a few seconds each on a 2-core 
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 def test_each_backbone_learns_at_32px(arch):
     """Proxy-Anchor (alpha 32, proxies at 100x lr) + AdamW 1e-3: the loss falls clearly and training-class NMI

@@ -1,4 +1,5 @@
-"""Figures and the eps-curve CSV from synthetic results: files written, PNGs of the expected pixel size."""
+"""Figures and the eps-curve CSV from synthetic results: the values drawn (read back from the figures' lines,
+bars and points) and written are the numbers in the results JSON."""
 
 import json
 import struct
@@ -60,15 +61,54 @@ def test_sweep_with_mismatched_lengths_names_the_file(results):
         plots.eps_curves(report.load_metrics(results))
 
 
-def test_write_figures_writes_pngs_of_the_figure_size(results):
+def json_of(results, arch, defense) -> dict:
+    return json.loads((results / "metrics" / arch / f"{defense}.json").read_text())
+
+
+def test_write_figures_writes_every_file_and_the_csv_holds_the_json_sweep(results):
     written = plots.write_figures(results)
     assert sorted(p.name for p in written) == ["ablation.png", "eps_curves.csv", "eps_curves_wide.csv",
                                               "robustness_eps.png"]
-    figure = plots.plot_robustness_curves(report.load_metrics(results))
-    assert png_size(results / "figures" / "robustness_eps.png") == expected_size(figure) == (1365, 870)
-    figure = plots.plot_ablation(report.load_ablation(results))
-    assert png_size(results / "figures" / "ablation.png") == expected_size(figure)
-    assert all(p.stat().st_size > 10_000 for p in written if p.suffix == ".png")
+    assert png_size(results / "figures" / "robustness_eps.png") == (1365, 870)  # the file is a real PNG
+    frame = pd.read_csv(results / "figures" / "eps_curves.csv")
+    for arch in ARCHS:
+        for defense in DEFENSES:
+            data = json_of(results, arch, defense)
+            for metric in plots.CURVE_METRICS:
+                rows = frame[(frame.arch == arch) & (frame.defense == defense) & (frame.metric == metric)]
+                want = [data["clean"][metric]] + [m[metric] for m in data["sweep"]["metrics"]]
+                assert rows.sort_values("eps")["value"].tolist() == pytest.approx(want, rel=1e-12)
+
+
+def test_robustness_figure_draws_the_json_scores_of_each_defense(results):
+    metrics = ("ami", "ari")
+    figure = plots.plot_robustness_curves(report.load_metrics(results), metrics=metrics)
+    archs = sorted(ARCHS)  # one column per architecture, in sorted order
+    for index, ax in enumerate(figure.axes):
+        metric, arch = metrics[index // len(archs)], archs[index % len(archs)]
+        lines = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+        assert set(lines) == set(DEFENSES), (metric, arch)
+        for defense, line in lines.items():
+            data = json_of(results, arch, defense)
+            # x in units of 1/255 (eps 0 = the clean score), y the score from the JSON
+            assert list(line.get_xdata()) == pytest.approx([0.0, *(e * 255 for e in SWEEP_EPS)])
+            want = [data["clean"][metric]] + [m[metric] for m in data["sweep"]["metrics"]]
+            assert list(line.get_ydata()) == pytest.approx(want, rel=1e-12), (metric, arch, defense)
+        headline = [line for line in ax.get_lines() if line.get_label().startswith("_")]
+        assert len(headline) == 1 and headline[0].get_xdata()[0] == pytest.approx(8.0)  # pgd20_centroid: 8/255
+
+
+def test_ablation_figure_draws_clean_robust_and_worst_scores_from_the_json(results):
+    runs = report.load_ablation(results)
+    figure = plots.plot_ablation(runs, metrics=("ami", "ari"))
+    for ax, metric in zip(figure.axes, ("ami", "ari"), strict=True):
+        bars = [patch.get_width() for patch in ax.patches]
+        documents = [json.loads(run.path.read_text()) for run in runs]
+        clean = [d["clean"][metric] for d in documents]
+        robust = [d["attacks"][d["headline"]][metric] for d in documents]
+        assert bars == pytest.approx(clean + robust, rel=1e-12)  # the clean bars first, then the robust ones
+        (ticks,) = ax.collections
+        assert ticks.get_offsets()[:, 0].tolist() == pytest.approx([d["worst"][metric] for d in documents])
 
 
 def test_robustness_figure_has_a_panel_per_metric_and_arch_and_a_line_per_defense(results):
@@ -79,13 +119,18 @@ def test_robustness_figure_has_a_panel_per_metric_and_arch_and_a_line_per_defens
     assert [text.get_text() for text in figure.legends[0].get_texts()][:3] == ["standard", "pgd_at", "eat"]
 
 
-def test_training_curves_png(tmp_path):
+def test_training_curves_draw_each_history_value(tmp_path):
     history = [{"epoch": e + 1, "loss": 3 / (e + 1), "val_nmi": 0.5 + 0.01 * e, "val_recall@1": 0.4 + 0.02 * e}
                for e in range(10)]
     path = tmp_path / "training.png"
     figure = plots.plot_training_curves({"resnet / standard": history, "resnet / eat": history[:6]}, path)
     assert png_size(path) == expected_size(figure)
-    assert len(figure.axes) == 3 and len(figure.axes[0].get_lines()) == 2
+    assert len(figure.axes) == 3
+    for ax, key in zip(figure.axes, ("loss", "val_nmi", "val_recall@1"), strict=True):
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        for label, run in (("resnet / standard", history), ("resnet / eat", history[:6])):
+            assert list(lines[label].get_xdata()) == [r["epoch"] for r in run]
+            assert list(lines[label].get_ydata()) == pytest.approx([r[key] for r in run])
     with pytest.raises(ValueError, match="none of the keys"):
         plots.plot_training_curves({"x": [{"epoch": 1}]})
 

@@ -63,6 +63,9 @@ def _first_classes(dataset, classes, per_class):
                               dataset.class_names[:classes])
 
 
+pytestmark = pytest.mark.slow  # every test here attacks a model trained for ~30 s
+
+
 @pytest.fixture(scope="module")
 def trained():
     splits = load_splits("glyphs", seed=SEED, num_classes=120, images_per_class=16, **EASY_GLYPHS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from math import comb
 
 import numpy as np
 import pytest
@@ -33,12 +34,33 @@ def test_every_batch_has_p_classes_with_m_images_each():
             assert len(set(group)) == min(4, int((labels == c).sum()))
 
 
+def iid_coverage(num_images: int, draws: int) -> float:
+    """Expected fraction of images seen by ``draws`` i.i.d. uniform draws with replacement: 1 - (1 - 1/N)^draws."""
+    return 1 - (1 - 1 / num_images) ** draws
+
+
+def balanced_coverage(classes: int, per_class: int, classes_per_batch: int, m: int, batches: int) -> float:
+    """Expected coverage of this sampler's design when every class is equally likely: a class is picked by a batch
+    with probability p = P / C, K ~ Binomial(batches, p) times, and hands out min(n, m K) distinct images."""
+    p = classes_per_batch / classes
+    return sum(comb(batches, k) * p**k * (1 - p) ** (batches - k) * min(per_class, m * k)
+               for k in range(batches + 1)) / per_class
+
+
 def test_an_epoch_covers_the_images_evenly():
     labels = np.repeat(np.arange(20), 12)  # 240 images, 10 batches of 24 -> every image once in expectation
-    sampler = ClassBalancedBatchSampler(labels, batch_size=24, samples_per_class=4, seed=3)
-    seen = Counter(i for batch in sampler for i in batch)
-    assert len(seen) > 0.55 * len(labels)  # i.i.d. draws with replacement would cover about 63%; we spread wider
-    assert max(seen.values()) <= 3
+    floor = iid_coverage(len(labels), draws=240)  # about 0.633
+    design = balanced_coverage(20, 12, classes_per_batch=6, m=4, batches=10)  # about 0.813
+    assert floor == pytest.approx(0.6329, abs=1e-4) and design > floor
+    coverages = []
+    for seed in range(10):
+        sampler = ClassBalancedBatchSampler(labels, batch_size=24, samples_per_class=4, seed=seed)
+        seen = Counter(i for batch in sampler for i in batch)
+        coverages.append(len(seen) / len(labels))
+        assert coverages[-1] >= floor, seed  # never worse than i.i.d. draws with replacement
+        assert max(seen.values()) <= 3
+    # A class's images come from a permutation, so the mean matches the design, not i.i.d. draws.
+    assert np.mean(coverages) == pytest.approx(design, abs=0.03)
 
 
 def test_same_seed_and_epoch_give_same_batches_other_epoch_differs():
