@@ -3,7 +3,6 @@ that, and one tiny run of the whole pipeline with it on a fake CUB-200-2011 layo
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_layouts import make_fake_cub200
-from test_pipeline_smoke import ROOT, _run
+from test_pipeline_smoke import ROOT, _run, git_copy
 
 import eatlib.load  # noqa: F401  (registers the names and options that Params validates)
 from eatlib.params import Params, from_dict
@@ -96,22 +95,6 @@ def paper_smoke_overrides() -> list[str]:
         if variant != "eat_aggregate_mean":
             args += ["-S", f"~ablation.variants.{variant}"]
     return args
-
-
-def git_copy(copy: Path) -> dict:
-    """The tracked files (not the committed results) in a git repository at ``copy``; returns the environment."""
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    for name in filter(None, tracked.decode().split("\0")):
-        if (ROOT / name).is_file() and not name.startswith("results/") and name != "dvc.lock":
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t"}
-    _run(["git", "init", "-q"], copy, env)
-    _run(["git", "add", "-A"], copy, env)
-    _run(["git", "commit", "-qm", "copy"], copy, env)
-    return env
 
 
 def test_make_paper_reaches_the_dataset_check_and_runs_with_the_shipped_params(tmp_path):
