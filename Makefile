@@ -8,7 +8,7 @@ RUN    := PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
 LAB_PORT ?= 8888
 DATASET  ?= cub200
 
-.PHONY: env repro paper test lint lab clean-env
+.PHONY: env repro paper test test-fast lint lab clean-env
 
 env: $(STAMP)
 
@@ -33,7 +33,7 @@ repro: env
 
 # The paper-scale profile on one placed dataset (cub200 | cars196 | inshop) as a DVC experiment: params-paper.yaml
 # laid over params.yaml with -S overrides (eatlib.profiles), so params.yaml itself stays the glyphs profile.
-# PAPER_ARGS: more `dvc exp run` arguments, e.g. PAPER_ARGS="-S train.epochs=1" or PAPER_ARGS=--dry.
+# PAPER_ARGS: more `dvc exp run` arguments, e.g. PAPER_ARGS="-S train.epochs=4 -S train.lr_milestones=[2,3]".
 paper: env
 	$(BIN)/python -c "from eatlib.data import load_splits; load_splits('$(DATASET)', 'data')" > /dev/null
 	overrides="$$($(BIN)/python -m eatlib.profiles params-paper.yaml)" && \

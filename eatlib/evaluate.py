@@ -230,7 +230,7 @@ def evaluate_eps_sweep(model: nn.Module, dataset: Dataset, spec=None, eps_values
 
 def smallest_eps(results: dict, *, metric: str = "ari", fraction: float = 0.5) -> float | None:
     """The smallest eps of a sweep's results at which ``metric`` falls to ``fraction`` of its clean value or
-    below (PAPER.md fixes the glyphs headline eps this way, with ARI halved); ``None`` if it never does."""
+    below (docs/paper.md fixes the glyphs headline eps this way, with ARI halved); ``None`` if it never does."""
     threshold = fraction * results["clean"][metric]
     hits = [a["spec"]["eps"] for a in results["attacks"].values() if a[metric] <= threshold]
     return min(hits) if hits else None

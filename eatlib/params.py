@@ -14,6 +14,7 @@ then validates.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 import math
 import types
@@ -139,12 +140,18 @@ def to_dict(config: Any) -> Any:
 
 class Registry(Mapping):
     """The names a params key accepts, each with what checks its options (a callable ``check(options, key)``
-    or an options dataclass). The module that defines the names fills the table when it is imported, so params
-    validates against it without importing that module."""
+    or an options dataclass). The module that defines the names (``filled_by``) fills the table when it is
+    imported, so params does not import it at module level; a lookup in a table still empty imports it then
+    (``TrainConfig()`` works in a fresh interpreter, with no cycle at import time)."""
 
-    def __init__(self, what: str):
-        self.what = what
+    def __init__(self, what: str, filled_by: str):
+        self.what, self.filled_by = what, filled_by
         self._entries: dict[str, Any] = {}
+
+    def _filled(self) -> dict[str, Any]:
+        if not self._entries:
+            importlib.import_module(self.filled_by)
+        return self._entries
 
     def register(self, name: str, entry: Any) -> Any:
         self._entries[name] = entry
@@ -152,28 +159,26 @@ class Registry(Mapping):
 
     def lookup(self, name: Any, key: str) -> Any:
         """The entry of ``name``; a :class:`ConfigError` naming ``key`` and the allowed names if there is none."""
-        if not self._entries:
-            raise ConfigError(f"{key}: no {self.what} are registered: load params with eatlib.load.load_params "
-                              "(it imports every module that registers names)")
-        _check(isinstance(name, str) and name in self._entries, key, name, f"one of {sorted(self._entries)}")
-        return self._entries[name]
+        entries = self._filled()
+        _check(isinstance(name, str) and name in entries, key, name, f"one of {sorted(entries)}")
+        return entries[name]
 
     def __getitem__(self, name: str) -> Any:
-        return self._entries[name]
+        return self._filled()[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self._filled())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._filled())
 
 
-DATASETS = Registry("datasets")  # name -> check(options, key) of data.options (eatlib.data)
-ARCHITECTURES = Registry("architectures")  # arch -> check(options, key) of models.<m>.options (eatlib.models)
-LOSSES = Registry("losses")  # name -> check(options, key) of train.loss.options (eatlib.losses)
-TRAINING_DEFENSES = Registry("training defenses")  # name -> options dataclass (eatlib.defenses)
-INFERENCE_DEFENSES = Registry("inference defenses")  # name -> options dataclass (eatlib.defenses)
-ATTACK_SPECS = Registry("attack spec checks")  # "spec" -> eatlib.attacks.validate_spec (spec -> normalised spec)
+DATASETS = Registry("datasets", "eatlib.data")  # name -> check(options, key) of data.options (eatlib.data)
+ARCHITECTURES = Registry("architectures", "eatlib.models")  # arch -> check(options, key) of models.<m>.options
+LOSSES = Registry("losses", "eatlib.losses")  # name -> check(options, key) of train.loss.options (eatlib.losses)
+TRAINING_DEFENSES = Registry("training defenses", "eatlib.defenses")  # name -> options dataclass (eatlib.defenses)
+INFERENCE_DEFENSES = Registry("inference defenses", "eatlib.defenses")  # name -> options dataclass (eatlib.defenses)
+ATTACK_SPECS = Registry("attack spec checks", "eatlib.attacks")  # "spec" -> eatlib.attacks.validate_spec
 
 
 def check_keywords(function: Callable, options: Mapping, key: str, *, skip: tuple[str, ...] = ()) -> None:

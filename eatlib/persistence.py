@@ -53,7 +53,7 @@ class RunFiles:
 
     def remove_partial_writes(self) -> None:
         """Delete the temporary files of writes that a killed run left half done (they are never read)."""
-        for partial in self.out_dir.glob(".checkpoint*.tmp"):
+        for partial in self.out_dir.glob(f".checkpoint-{self.key}.*.tmp"):  # not another run's writes
             partial.unlink(missing_ok=True)
         for partial in self.out_dir.glob(f".{FINAL}.*.tmp"):
             partial.unlink(missing_ok=True)

@@ -141,7 +141,7 @@ def train(params: Params, arch: str, defense: str = "standard", *, options=None,
         make_member=lambda: build_network(params, arch),
         num_classes=splits.train.num_classes,
         num_samples=len(splits.train),
-        loss_cfg=params.train.loss,
+        loss_cfg=train_cfg.loss,
         seed=params.seed,
     )
     meta = {"arch": arch, "model": to_dict(params.model(arch)), "data": to_dict(params.data), **setup.meta}

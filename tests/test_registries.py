@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,8 @@ from eatlib.attacks import OBJECTIVES, OPTIMIZERS, SpecError, build_attack, buil
 from eatlib.attacks import spec as spec_module
 from eatlib.attacks.optimizers import PGD
 from eatlib.models import build_model
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_params_imports_no_other_eatlib_module_and_no_torch():
@@ -37,9 +40,24 @@ def test_the_registries_params_validates_by_are_filled_by_the_modules_that_defin
     assert params.ATTACK_SPECS["spec"] is validate_spec
 
 
-def test_an_empty_registry_says_how_to_fill_it():
-    with pytest.raises(params.ConfigError, match=r"data\.name: no datasets are registered: load params with"):
-        params.Registry("datasets").lookup("glyphs", "data.name")
+def test_an_empty_registry_imports_the_module_that_fills_it():
+    import json  # stands in for eatlib.data: importing it fills nothing here, so the table stays empty
+
+    table = params.Registry("datasets", "json")
+    with pytest.raises(params.ConfigError, match=r"data\.name: got 'glyphs'; allowed: one of \[\]"):
+        table.lookup("glyphs", "data.name")
+    assert json  # imported, as the table asked
+
+
+def test_parameters_build_in_a_fresh_interpreter_without_eatlib_load():
+    # A user who imports only eatlib.params: each registry imports the module that fills it on first use.
+    code = ("from eatlib.params import TrainConfig, DataConfig, from_dict, Params, load_yaml\n"
+            "TrainConfig(); DataConfig()\n"
+            "p = from_dict(Params, load_yaml('params.yaml'))\n"
+            "print(p.train.loss.name, p.data.name)")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["proxy_anchor", "glyphs"]
 
 
 def test_spec_names_are_the_attack_registries():

@@ -1,4 +1,4 @@
-"""``eat``: Ensemble Adversarial Training, as this project reads the paper (see PAPER.md's decision table).
+"""``eat``: Ensemble Adversarial Training, as this project reads the paper (see docs/paper.md).
 
 M members (``members``, default 3) are trained together by the shared trainer, each with its own loss and
 proxies. Diversity comes from data splits (``split``, :mod:`eatlib.defenses.splits`): a member trains only on
