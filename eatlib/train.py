@@ -134,6 +134,7 @@ class _Batches:
         self.share = distributed.shard(cfg.batch_size, current)
         self.labels = torch.as_tensor(dataset.labels, dtype=torch.long)
         self.augment = dataclasses.asdict(cfg.augment)
+        self.augmenting = not is_identity(**self.augment)  # decided once, not per batch
         self.batch_size, self.seed = cfg.batch_size, seed
 
     def __len__(self):
@@ -147,7 +148,7 @@ class _Batches:
             indices = torch.as_tensor(indices[self.share], dtype=torch.long)
             if isinstance(images, torch.Tensor):
                 batch = images[indices].to(self.device, torch.float32).div_(255)
-                if not is_identity(**self.augment):
+                if self.augmenting:
                     theta = affine_draws(self.batch_size, generator=generator, **self.augment)[self.share]
                     batch = apply_affine(batch, theta)
             else:
