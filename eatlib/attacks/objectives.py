@@ -297,6 +297,124 @@ class DMLLoss(Objective):
         return lambda z: loss(z, labels).expand(len(z)) / len(z)
 
 
+class Margin(Objective):
+    """The k-means assignment margin: value ``d(z, c_own) - min_{j != own} d(z, c_j)`` (squared distances to
+    the clean k-means centres), positive exactly when the sample would be assigned to another cluster.
+
+    The untargeted counterpart of :class:`Centroid`: the nearest other centre is taken at every step, so
+    maximising it crosses the closest boundary (the C&W / AutoAttack margin loss with clustering in place of
+    logits). The strong protocol (:mod:`eatlib.strong`) also ranks every attack's images by it.
+    """
+
+    name = "margin"
+    spec_keys = {"n_clusters": (None, "int", None)}
+
+    @classmethod
+    def from_spec(cls, spec, *, seed=0):
+        return cls(n_clusters=spec["n_clusters"], seed=seed)
+
+    def __init__(self, *, n_clusters: int | None = None, seed: int = 0):
+        super().__init__()
+        self.n_clusters, self.seed = n_clusters, seed
+
+    def options(self):
+        return {"n_clusters": self.n_clusters, "seed": self.seed}
+
+    def _prepare(self, clean, labels):
+        centres, assignment = kmeans_centres(clean, _n_clusters(self.n_clusters, labels, self.name), seed=self.seed)
+        return {"centres": centres, "assignment": assignment}
+
+    def _bind(self, state, index):
+        centres = state["centres"]
+        own = state["assignment"][index]
+        sq_norms = centres.pow(2).sum(1)
+        own_mask = F.one_hot(own, len(centres)).bool()
+
+        def value(z):
+            # d_j - |z|^2 = |c_j|^2 - 2 z.c_j: the |z|^2 term cancels in the difference.
+            distances = sq_norms - 2.0 * z @ centres.T
+            d_own = distances.gather(1, own[:, None]).squeeze(1)
+            return d_own - distances.masked_fill(own_mask, float("inf")).min(1).values
+
+        return value
+
+
+class MultiTarget(Objective):
+    """Targeted centroid margins toward the ``targets`` nearest other clean k-means centres of each sample.
+
+    value = ``max_t d(z, c_own) - d(z, c_t)`` over the sample's targets (the per-sample best target), which
+    ranks the runs; :meth:`for_target` gives the single-target objective of each target slot, one attack run
+    each. ``build_attack`` runs an optimiser with this objective as a
+    :class:`eatlib.attacks.multitarget.MultiTargetAttack`: one run per target, per sample the best run kept.
+    As a loss, ``targets = K - 1`` is :class:`Margin`.
+    """
+
+    name = "multi_target"
+    spec_keys = {"targets": (3, "int", None), "n_clusters": (None, "int", None)}
+
+    @classmethod
+    def from_spec(cls, spec, *, seed=0):
+        return cls(spec["targets"], n_clusters=spec["n_clusters"], seed=seed)
+
+    def __init__(self, targets: int = 3, *, n_clusters: int | None = None, seed: int = 0):
+        super().__init__()
+        if isinstance(targets, bool) or int(targets) < 1:
+            raise ValueError(f"targets must be an integer >= 1, got {targets}")
+        self.targets, self.n_clusters, self.seed = int(targets), n_clusters, seed
+
+    def options(self):
+        return {"targets": self.targets, "n_clusters": self.n_clusters, "seed": self.seed}
+
+    def _prepare(self, clean, labels):
+        k = _n_clusters(self.n_clusters, labels, self.name)
+        if self.targets > k - 1:
+            raise ValueError(f"targets ({self.targets}) must be at most the number of other centres ({k - 1})")
+        centres, assignment = kmeans_centres(clean, k, seed=self.seed)
+        distances = _sq_distances(clean, centres)
+        distances[torch.arange(len(clean)), assignment] = float("inf")
+        nearest = distances.topk(self.targets, dim=1, largest=False).indices  # [N, T], nearest first
+        return {"centres": centres, "assignment": assignment, "targets": nearest}
+
+    def _bind(self, state, index):
+        centres = state["centres"]
+        own, targets = centres[state["assignment"][index]], centres[state["targets"][index]]  # [B, D], [B, T, D]
+        # d_own - d_t = 2 z.(c_t - c_own) + |c_own|^2 - |c_t|^2 (|z| = 1), for every target at once.
+        direction = 2.0 * (targets - own[:, None])
+        offset = own.pow(2).sum(1, keepdim=True) - targets.pow(2).sum(2)
+        return lambda z: (torch.einsum("bd,btd->bt", z, direction) + offset).max(1).values
+
+    def for_target(self, slot: int) -> Objective:
+        """The prepared single-target objective of target slot ``slot`` (0: the nearest other centre)."""
+        self._check_prepared()
+        if not 0 <= slot < self.targets:
+            raise ValueError(f"slot must be in [0, {self.targets}), got {slot}")
+        return _TargetSlot(self, slot)
+
+
+class _TargetSlot(Objective):
+    """Target slot ``slot`` of a prepared :class:`MultiTarget`: ``d(z, c_own) - d(z, c_target)`` (its state shared)."""
+
+    name = "multi_target_slot"
+
+    def __init__(self, parent: MultiTarget, slot: int):
+        super().__init__()
+        self.parent, self.slot = parent, slot
+        self._state = parent._state
+
+    def options(self):
+        return {**self.parent.options(), "slot": self.slot}
+
+    def _state_on(self, device):
+        return self.parent._state_on(device)
+
+    def _bind(self, state, index):
+        centres = state["centres"]
+        own, target = centres[state["assignment"][index]], centres[state["targets"][index, self.slot]]
+        direction = 2.0 * (target - own)
+        offset = own.pow(2).sum(1) - target.pow(2).sum(1)
+        return lambda z: (z * direction).sum(1) + offset
+
+
 def _sq_distances(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
     return (z.pow(2).sum(1, keepdim=True) - 2.0 * z @ centres.T + centres.pow(2).sum(1)).clamp_(min=0)
 
@@ -313,5 +431,5 @@ def _n_clusters(n_clusters: int | None, labels: torch.Tensor | None, name: str) 
 
 
 OBJECTIVES: dict[str, type[Objective]] = {
-    cls.name: cls for cls in (EmbeddingShift, Centroid, SoftAssignment, DMLLoss)
+    cls.name: cls for cls in (EmbeddingShift, Centroid, SoftAssignment, DMLLoss, Margin, MultiTarget)
 }

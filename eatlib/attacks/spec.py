@@ -78,7 +78,7 @@ def validate_spec(spec: Mapping) -> dict:
         raise SpecError(f"key 'norm': optimizer {out['optimizer']!r} supports {list(norms)}, got {out['norm']!r}")
     if out["eps"] is None:
         out["eps"] = DEFAULT_EPS[out["norm"]]
-    for key in ("restarts", "eot", "steps"):
+    for key in ("restarts", "eot", "steps", "queries", "targets"):
         if key in out and out[key] < 1:
             raise SpecError(f"key {key!r} must be an integer >= 1, got {out[key]}")
     if out["objective"] == "centroid":
@@ -88,6 +88,9 @@ def validate_spec(spec: Mapping) -> dict:
             )
         if out["push"] > 1:
             raise SpecError(f"key 'push' must be a number in [0, 1], got {out['push']}")
+    for key in ("momentum", "rho", "p_init"):  # APGD's momentum and checkpoint fraction, Square's window area
+        if key in out and not 0 <= out[key] <= 1:
+            raise SpecError(f"key {key!r} must be a number in [0, 1], got {out[key]}")
     if out.get("n_clusters") is not None and out["n_clusters"] < 2:
         raise SpecError(f"key 'n_clusters' must be an integer >= 2 or null, got {out['n_clusters']}")
     if out["name"] is None:
@@ -100,6 +103,8 @@ def default_name(spec: Mapping) -> str:
     parts = [spec["optimizer"], spec["norm"], spec["objective"]]
     if spec.get("target"):
         parts.append(spec["target"] + (f"{spec['candidates']}" if spec.get("candidates", 1) > 1 else ""))
+    if spec.get("targets"):
+        parts.append(f"top{spec['targets']}")
     return "-".join(parts) + f"-eps{format_eps(spec['eps'])}"
 
 
