@@ -15,13 +15,17 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from eatlib.attacks.apgd import APGD
 from eatlib.attacks.base import NORMS, Attack
 from eatlib.attacks.eot import expected_value, value_and_grad
+from eatlib.attacks.multitarget import MultiTargetAttack
 from eatlib.attacks.objectives import (
     OBJECTIVES,
     Centroid,
     DMLLoss,
     EmbeddingShift,
+    Margin,
+    MultiTarget,
     Objective,
     SoftAssignment,
     kmeans_centres,
@@ -36,10 +40,16 @@ from eatlib.attacks.spec import (
     validate_spec,
     validate_suite,
 )
+from eatlib.attacks.square import Square
+
+# Registered here, not in optimizers.py: these live in modules of their own (the registry is the same dict
+# spec validation reads, so they validate like the rest).
+OPTIMIZERS.update({"apgd": APGD, "square": Square})
 
 __all__ = [
-    "Attack", "CW", "FGSM", "MIFGSM", "PGD", "UniformNoise", "OPTIMIZERS", "NORMS",
-    "Objective", "EmbeddingShift", "Centroid", "SoftAssignment", "DMLLoss", "OBJECTIVES", "kmeans_centres",
+    "Attack", "CW", "FGSM", "MIFGSM", "PGD", "APGD", "Square", "UniformNoise", "MultiTargetAttack", "OPTIMIZERS",
+    "NORMS", "Objective", "EmbeddingShift", "Centroid", "SoftAssignment", "DMLLoss", "Margin", "MultiTarget",
+    "OBJECTIVES", "kmeans_centres",
     "HEADLINE", "SWEEP_EPS", "SpecError", "allowed_keys", "eps_sweep",
     "validate_spec", "validate_suite", "build_objective", "build_attack", "value_and_grad", "expected_value",
 ]
@@ -68,8 +78,9 @@ def build_attack(
     attacked set are given, prepared on them; otherwise prepare ``attack.objective`` yourself before calling the
     attack. Pass ``objective=`` to use an objective object of your own (the spec's objective keys are then not
     used). ``seed`` seeds the random starts, the objective's k-means and its random targets. ``amp`` (bf16
-    autocast of the model, CUDA only) and ``channels_last`` (iterate layout) are execution settings, not part of
-    the spec; see :class:`Attack`.
+    autocast of the model when crafting, CUDA or CPU) and ``channels_last`` (iterate layout) are execution
+    settings, not part of the spec; see :class:`Attack`. A :class:`MultiTarget` objective runs the optimiser
+    once per target (:class:`MultiTargetAttack`).
     """
     spec = validate_spec(spec)
     if objective is None:
@@ -78,4 +89,13 @@ def build_attack(
         objective.prepare(clean_embeddings, labels)
     common = {"eps": spec["eps"], "norm": spec["norm"], "restarts": spec["restarts"], "eot_samples": spec["eot"],
               "seed": seed, "amp": amp, "channels_last": channels_last}
-    return OPTIMIZERS[spec["optimizer"]].from_spec(model, objective, spec, **common)
+    optimizer = OPTIMIZERS[spec["optimizer"]]
+    if isinstance(objective, MultiTarget):
+        # One run per target slot, each with its own seed so the random starts differ between runs.
+        counter = iter(range(objective.targets))
+
+        def make(slot_objective: Objective) -> Attack:
+            return optimizer.from_spec(model, slot_objective, spec, **{**common, "seed": seed + next(counter)})
+
+        return MultiTargetAttack(model, objective, make, **common)
+    return optimizer.from_spec(model, objective, spec, **common)

@@ -29,12 +29,14 @@ class Attack:
     ``restarts`` runs the optimiser that many times from fresh random starts and keeps, per sample, the
     perturbation with the best objective. ``eot_samples`` averages values and gradients over that many passes
     of a randomised model. ``seed`` seeds the random starts (one generator per attack, so a sequence of
-    batches is reproducible). ``amp`` runs the model's forward and backward under bf16 autocast, on CUDA only
-    (about twice the speed on recent GPUs; sign steps barely notice bf16 gradients). ``channels_last`` keeps the
-    iterates in channels-last memory layout, which the convolutions run faster on (measured here on CPU:
-    cnn4 and MobileNetV2 1.3-1.5x, ResNet-18 1.1x; benchmarks/attack_speed.py); the model is not touched and
-    the result comes back in the input's layout. A model that flattens spatial feature maps with ``.view``
-    cannot take channels-last inputs: pass ``channels_last=False`` for it.
+    batches is reproducible). ``amp`` runs the model's forward and backward under bf16 autocast, on CUDA
+    or on CPU (about twice the speed on recent GPUs and 1.9x for ResNet-18 on this AVX-512 BF16 CPU; sign steps
+    barely notice bf16 gradients); only the crafting: :meth:`value` too, so restarts pick their best under bf16,
+    but the caller scores the returned images in float32 (``eatlib.attacks.eot.forward_embeddings``).
+    ``channels_last`` keeps the iterates in channels-last memory layout, which the convolutions run faster on
+    (measured here on CPU: cnn4 and MobileNetV2 1.3-1.5x, ResNet-18 1.1x; benchmarks/attack_speed.py); the model
+    is not touched and the result comes back in the input's layout. A model that flattens spatial feature maps
+    with ``.view`` cannot take channels-last inputs: pass ``channels_last=False`` for it.
     """
 
     norms: tuple[str, ...] = NORMS

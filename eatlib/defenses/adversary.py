@@ -126,10 +126,13 @@ class Adversary:
 
     ``adversary(model, objective, images) -> adversarial images`` (same shape, in [0,1], inside the ball).
     Build one per step object; the trainer calls ``set_epoch`` (forwarded by the step) before each epoch.
+    ``amp`` crafts under bf16 autocast (CUDA, or CPU with AVX-512 BF16: :class:`eatlib.attacks.Attack`); the
+    examples are then float32 images like any others and the training step that uses them is unchanged.
     """
 
-    def __init__(self, options: AttackOptions):
+    def __init__(self, options: AttackOptions, *, amp: bool = False):
         self.options = options
+        self.amp = bool(amp)
         self.epoch: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -158,7 +161,7 @@ class Adversary:
         # A fresh seed per batch from the trainer's torch seed (reset every epoch): resume replays it exactly.
         seed = int(torch.randint(0, 2**31 - 1, (1,)))
         attack = PGD(model, objective, eps=eps, alpha=step_size, steps=self.options.steps, norm=self.options.norm,
-                     random_start=self.options.random_start, seed=seed)
+                     random_start=self.options.random_start, seed=seed, amp=self.amp)
         index = torch.arange(len(images), device=images.device)
         with eval_mode(model), torch.enable_grad():
             return attack(images.detach(), index)

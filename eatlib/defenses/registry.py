@@ -37,6 +37,8 @@ class BuildContext:
     ``make_member()`` returns a fresh, randomly initialised :class:`eatlib.models.EmbeddingNet` (ensembles call it
     once per member); ``num_samples`` is the size of the training set (data splits are drawn over it, by the
     dataset indices that :class:`eatlib.train.Batch` carries); ``seed`` makes such draws reproducible.
+    ``craft_bf16`` crafts the adversarial training examples under bf16 autocast (``Adversary(..., amp=...)``; a
+    per-architecture speed choice, see benchmarks/engine.py); the weight update stays as the trainer runs it.
     """
 
     make_member: Callable[[], nn.Module]
@@ -44,6 +46,7 @@ class BuildContext:
     num_samples: int
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
+    craft_bf16: bool = False
 
     def new_loss(self, embedding_dim: int) -> nn.Module:
         """A fresh training loss (with its own proxies, for proxy losses)."""
@@ -103,12 +106,19 @@ def build_training(
     num_samples: int,
     loss_cfg: LossConfig | None = None,
     seed: int = 0,
+    craft_bf16: bool = False,
 ) -> TrainingSetup:
     """Build training defense ``name`` (a key of :data:`TRAINING_DEFENSES`) with ``options`` (its options
-    dataclass, or the plain mapping of its ``defenses.<name>`` subsection)."""
+    dataclass, or the plain mapping of its ``defenses.<name>`` subsection). ``craft_bf16``: see
+    :class:`BuildContext`."""
     options = parse_options(name, options, params.TRAINING_DEFENSES)
-    context = BuildContext(make_member, num_classes, num_samples, loss_cfg or LossConfig(), seed)
+    context = BuildContext(make_member, num_classes, num_samples, loss_cfg or LossConfig(), seed, craft_bf16)
     setup = TRAINING_DEFENSES[name].build(options, context)
+    # Every adversarial step crafts through one Adversary (eatlib.defenses.adversary) at ``step.adversary``;
+    # set here once rather than threaded through each builder. A defense without one has nothing to craft.
+    adversary = getattr(setup.step, "adversary", None)
+    if adversary is not None:
+        adversary.amp = bool(craft_bf16)
     setup.meta = {"defense": name, "defense_options": to_dict(options), **setup.meta}
     return setup
 
