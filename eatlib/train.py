@@ -235,6 +235,8 @@ def fit(
         criterion.load_state_dict(state["criterion"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("step") is not None and hasattr(step, "load_state_dict"):  # e.g. EAT's weight averages
+            step.load_state_dict(state["step"])
         history, start_epoch = state["history"], state["epoch"]
     if current.active and not distributed.all_true(distributed.broadcast_from_main(start_epoch) == start_epoch,
                                                    device):
@@ -273,6 +275,8 @@ def fit(
                 if cfg.grad_clip > 0:
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
+                if hasattr(step, "after_optimizer_step"):  # e.g. EAT's momentum averages follow the update
+                    step.after_optimizer_step()
                 scheduler.step()
                 losses.append(loss.item())
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
@@ -288,6 +292,8 @@ def fit(
             }
             if hasattr(step, "epoch_info"):  # what a defense's schedule used this epoch (e.g. its eps)
                 record.update(step.epoch_info())
+                # A double backward (EAT's gradient-diversity term) is compute the budget must count.
+                record["forward_backward_images"] += int(record.get("gradient_diversity_images", 0))
             if current.is_main:
                 if val_set is not None and len(val_set) > 0:
                     record.update(validate(model, val_set, cfg, seed))
@@ -300,6 +306,7 @@ def fit(
                         "criterion": criterion.state_dict(),
                         "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(),
+                        "step": step.state_dict() if hasattr(step, "state_dict") else None,
                         "epoch": epoch + 1,
                         "history": history,
                         "meta": meta,
