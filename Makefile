@@ -8,7 +8,7 @@ RUN    := PATH="$(CURDIR)/$(BIN):$$PATH" DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1
 LAB_PORT ?= 8888
 DATASET  ?= cub200
 
-.PHONY: env repro paper test test-fast lint lab clean-env
+.PHONY: env repro paper verdict-grid test test-fast lint lab clean-env
 
 env: $(STAMP)
 
@@ -38,6 +38,19 @@ paper: env
 	$(BIN)/python -c "from eatlib.data import load_splits; load_splits('$(DATASET)', 'data')" > /dev/null
 	overrides="$$($(BIN)/python -m eatlib.profiles params-paper.yaml)" && \
 		$(RUN) $(BIN)/dvc exp run --name paper-$(DATASET) $$overrides -S data.name=$(DATASET) $(PAPER_ARGS)
+
+# Every reading of EAT the abstract allows (docs/paper.md), each a DVC experiment over every seed of pipeline.seeds:
+# EAT's stages, PGD-AT at that reading's compute and the verdict re-run per reading, nothing else retrained. Then
+# results/verdict_grid.md: one row per reading, architecture and comparison. Hours on this CPU (each reading costs
+# about EAT's training and attacks over the seeds and both architectures); GRID= runs a subset.
+GRID ?= transfer=ensemble transfer=bn_stats transfer=none transfer=others transfer=momentum split=disjoint \
+	split=bootstrap split=none gradient_diversity=0.5 members=2 members=5 aggregate=mean
+verdict-grid: env
+	for reading in $(GRID); do \
+		$(RUN) $(BIN)/dvc exp run --queue --name "eat-$$(echo $$reading | tr '=_' '--')" -S "defenses.eat.$$reading" \
+		|| exit 1; done
+	$(RUN) $(BIN)/dvc exp run --run-all --jobs 1
+	$(RUN) $(BIN)/python scripts/verdict_grid.py
 
 test: env
 	$(RUN) $(BIN)/python -m pytest

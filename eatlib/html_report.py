@@ -1,9 +1,10 @@
 """One self-contained HTML page with every table and figure of a run: ``results/report.html``.
 
 Built from what the report stage has already written, so it shows exactly those numbers:
-``results/verdict.json`` (when a verdict stage has written one) first, then EAT against PGD-AT (from
-``results/tables/main.csv``), every ``results/tables/*.md`` table, every ``results/figures/*.png`` figure,
-the run's ``params.yaml`` and its cost (``results/timings.json``). A table of contents links the sections.
+``results/verdict.json`` (when a verdict stage has written one) first, then EAT against PGD-AT and PGD-AT at
+EAT's compute (means over training seeds, from ``results/tables/main.csv``), every ``results/tables/*.md`` table
+(main, then the verdict and sanity tables when present), every ``results/figures/*.png`` figure, the run's
+``params.yaml`` and its cost (``results/timings.json``). A table of contents links the sections.
 
 Nothing is fetched when the page is opened: figures and CSV downloads are base64 ``data:`` URIs, the style sheet
 is inline, fonts are the reader's own, and there is no script. The page is a pure function of its inputs (no
@@ -22,15 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eatlib.atomic import write_atomic
-from eatlib.report import DISPLAY_NAMES, ResultsError, read_csv_table
+from eatlib.report import DISPLAY_NAMES, SD_SUFFIX, ResultsError, defense_label, read_csv_table
 
 READINGS = ("ahead", "behind", "indistinguishable")
 VERDICT_KEYS = ("metric", "diff_mean", "ci95", "eval_ci95", "seeds", "reading")
-# The comparison the paper is about: its method against the strongest single-model adversarial training.
-FOCUS_DEFENSES = ("pgd_at", "eat")
+# The comparison the paper is about: its method against the strongest single-model adversarial training, at that
+# training's own budget and at EAT's (pgd_at_matched, shown when the results have it).
+FOCUS_BASELINES = ("pgd_at", "pgd_at_matched")
+FOCUS_DEFENSES = (*FOCUS_BASELINES, "eat")
 FOCUS_COLUMNS = (("clean", "ami"), ("clean", "ari"), ("clean", "recall@1"), ("robust", "ami"), ("robust", "ari"),
                  ("robust", "recall@1"), ("worst", "ami"), ("worst", "ari"), ("cost", "train_minutes"))
-TABLE_TITLES = {"main": "Main table: every defense", "ablation": "Ablation of EAT's design choices"}
+TABLE_TITLES = {"main": "Main table: every defense", "verdict": "Verdict table", "sanity": "Sanity checks",
+                "ablation": "Ablation of EAT's design choices"}
 
 
 @dataclass
@@ -106,7 +110,8 @@ def _pipe_table(lines: list[str]) -> str:
 
 def markdown_to_html(text: str) -> str:
     """The Markdown that :func:`eatlib.report.markdown_table` writes, as HTML: ``*caption*`` lines, ``**arch**``
-    headings and pipe tables (``---:`` columns right-aligned, ``&emsp;`` rows indented)."""
+    and ``#`` headings, pipe tables (``---:`` columns right-aligned, ``&emsp;`` rows indented), other lines as
+    paragraphs."""
     blocks, table = [], []
     for line in [*text.splitlines(), ""]:
         if line.startswith("|"):
@@ -118,7 +123,9 @@ def markdown_to_html(text: str) -> str:
         stripped = line.strip()
         if not stripped:
             continue
-        if stripped.startswith("**") and stripped.endswith("**") and stripped.count("**") == 2:
+        if heading := re.fullmatch(r"#{1,6}\s+(.+)", stripped):
+            blocks.append(f"<h4>{_inline(heading[1])}</h4>")
+        elif stripped.startswith("**") and stripped.endswith("**") and stripped.count("**") == 2:
             blocks.append(f"<h4>{_e(stripped[2:-2])}</h4>")
         elif stripped.startswith("*") and stripped.endswith("*") and not stripped.startswith("**"):
             blocks.append(f'<p class="caption">{_inline(stripped[1:-1])}</p>')
@@ -129,16 +136,31 @@ def markdown_to_html(text: str) -> str:
 
 # ----------------------------------------------------------------------------------------------------------- verdict
 
-def load_verdict(path: str | Path) -> dict:
-    """``verdict.json``: ``{arch: {comparison: {metric, diff_mean, ci95, eval_ci95, seeds, reading}}}``, checked;
-    a missing or malformed entry is a :class:`ResultsError` naming the file and the dotted key."""
-    path = Path(path)
-    try:
-        verdict = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ResultsError(f"{path}: cannot read it as JSON ({error}); re-run the verdict stage") from error
+def _check_entry(entry: dict, where: str) -> None:
+    """One comparison of one metric: the keys of :data:`VERDICT_KEYS` (others are allowed and ignored)."""
+    for key in VERDICT_KEYS:
+        if key not in entry:
+            raise ResultsError(f"{where}.{key}' is missing; the keys are {', '.join(VERDICT_KEYS)}")
+    for key in ("ci95", "eval_ci95"):
+        interval = entry[key]
+        if not (isinstance(interval, list) and len(interval) == 2
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in interval)):
+            raise ResultsError(f"{where}.{key}' must be [low, high], found {interval!r}")
+    if not isinstance(entry["diff_mean"], int | float) or isinstance(entry["diff_mean"], bool):
+        raise ResultsError(f"{where}.diff_mean' must be a number, found {entry['diff_mean']!r}")
+    if not isinstance(entry["seeds"], int) or isinstance(entry["seeds"], bool) or entry["seeds"] < 1:
+        raise ResultsError(f"{where}.seeds' must be a positive integer, found {entry['seeds']!r}")
+    if entry["reading"] not in READINGS:
+        raise ResultsError(f"{where}.reading' is {entry['reading']!r}; allowed: {', '.join(READINGS)}")
+
+
+def verdict_rows(verdict: dict, path: str | Path = "verdict.json") -> list[tuple[str, str, dict]]:
+    """``(arch, comparison, entry)`` per metric of each comparison, in the file's order, checked. A comparison is
+    one entry (``{metric, diff_mean, ci95, eval_ci95, seeds, reading, ...}``) or per-metric entries
+    (``{"ami": {...}, "ari": {...}}``, ``metric`` then defaults to the key); keys beyond these are ignored."""
     if not isinstance(verdict, dict) or not verdict:
         raise ResultsError(f"{path}: expected an object {{arch: {{comparison: {{...}}}}}}, found {verdict!r:.80}")
+    rows = []
     for arch, comparisons in verdict.items():
         if not isinstance(comparisons, dict) or not comparisons:
             raise ResultsError(f"{path}: '{arch}' must be a non-empty object of comparisons")
@@ -146,20 +168,31 @@ def load_verdict(path: str | Path) -> dict:
             where = f"{path}: '{arch}.{name}"
             if not isinstance(entry, dict):
                 raise ResultsError(f"{where}' must be an object with keys {', '.join(VERDICT_KEYS)}")
-            for key in VERDICT_KEYS:
-                if key not in entry:
-                    raise ResultsError(f"{where}.{key}' is missing; the keys are {', '.join(VERDICT_KEYS)}")
-            for key in ("ci95", "eval_ci95"):
-                interval = entry[key]
-                if not (isinstance(interval, list) and len(interval) == 2
-                        and all(isinstance(v, int | float) for v in interval)):
-                    raise ResultsError(f"{where}.{key}' must be [low, high], found {interval!r}")
-            if not isinstance(entry["diff_mean"], int | float) or isinstance(entry["diff_mean"], bool):
-                raise ResultsError(f"{where}.diff_mean' must be a number, found {entry['diff_mean']!r}")
-            if not isinstance(entry["seeds"], int) or isinstance(entry["seeds"], bool) or entry["seeds"] < 1:
-                raise ResultsError(f"{where}.seeds' must be a positive integer, found {entry['seeds']!r}")
-            if entry["reading"] not in READINGS:
-                raise ResultsError(f"{where}.reading' is {entry['reading']!r}; allowed: {', '.join(READINGS)}")
+            if "diff_mean" in entry or "reading" in entry:   # one metric
+                _check_entry(entry, where)
+                rows.append((arch, name, entry))
+                continue
+            per_metric = {key: value for key, value in entry.items() if isinstance(value, dict)}
+            if not per_metric:
+                raise ResultsError(f"{where}' must be an object with keys {', '.join(VERDICT_KEYS)}, or one such "
+                                   'object per metric ({"ami": {...}, "ari": {...}})')
+            for metric, sub in per_metric.items():
+                sub = {"metric": metric, **sub}
+                _check_entry(sub, f"{where}.{metric}")
+                rows.append((arch, name, sub))
+    return rows
+
+
+def load_verdict(path: str | Path) -> dict:
+    """``verdict.json``: ``{arch: {comparison: {metric, diff_mean, ci95, eval_ci95, seeds, reading}}}`` (or
+    per-metric entries, see :func:`verdict_rows`), checked; a missing or malformed entry is a
+    :class:`ResultsError` naming the file and the dotted key."""
+    path = Path(path)
+    try:
+        verdict = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ResultsError(f"{path}: cannot read it as JSON ({error}); re-run the verdict stage") from error
+    verdict_rows(verdict, path)
     return verdict
 
 
@@ -169,19 +202,19 @@ def _interval(values) -> str:
 
 def _verdict_section(verdict: dict) -> Section:
     rows = []
-    for arch, comparisons in verdict.items():
-        for name, entry in comparisons.items():
-            metric = DISPLAY_NAMES.get(entry["metric"], entry["metric"])
-            rows.append(
-                f"<tr><td>{_e(arch)}</td><td>{_e(name)}</td><td>{_e(metric)}</td>"
-                f'<td class="num">{float(entry["diff_mean"]):+.3f}</td><td class="num">{_interval(entry["ci95"])}</td>'
-                f'<td class="num">{_interval(entry["eval_ci95"])}</td><td class="num">{_e(entry["seeds"])}</td>'
-                f'<td><span class="reading {_e(entry["reading"])}">{_e(entry["reading"])}</span></td></tr>'
-            )
+    for arch, name, entry in verdict_rows(verdict):
+        metric = DISPLAY_NAMES.get(entry["metric"], entry["metric"])
+        rows.append(
+            f"<tr><td>{_e(arch)}</td><td>{_e(name)}</td><td>{_e(metric)}</td>"
+            f'<td class="num">{float(entry["diff_mean"]):+.3f}</td><td class="num">{_interval(entry["ci95"])}</td>'
+            f'<td class="num">{_interval(entry["eval_ci95"])}</td><td class="num">{_e(entry["seeds"])}</td>'
+            f'<td><span class="reading {_e(entry["reading"])}">{_e(entry["reading"])}</span></td></tr>'
+        )
     body = (
         '<p class="caption">Paired differences over training seeds (first named minus second). '
-        "95% CI over seeds, and over the evaluation alone (test images resampled); the reading is "
-        "<em>ahead</em> or <em>behind</em> only when the seed interval excludes zero.</p>"
+        "95% CI over seeds, and over the evaluation alone (other k-means seeds, test classes resampled); the "
+        "reading is <em>ahead</em> or <em>behind</em> only when both intervals exclude zero on the same side "
+        "(with one seed, the evaluation interval alone).</p>"
         '<div class="scroll"><table><thead><tr><th>arch</th><th>comparison</th><th>metric</th>'
         '<th class="num">mean difference</th><th class="num">95% CI (seeds)</th>'
         '<th class="num">95% CI (evaluation)</th><th class="num">seeds</th><th>reading</th></tr></thead><tbody>'
@@ -192,35 +225,53 @@ def _verdict_section(verdict: dict) -> Section:
 
 # ------------------------------------------------------------------------------------------------ EAT against PGD-AT
 
+def _focus_value(table, defense: str, arch: str, column: tuple, suffix: str = "") -> float:
+    value = table.loc[defense].get((arch, column[0], column[1] + suffix), math.nan)
+    return float(value) if value is not None else math.nan
+
+
 def _focus_section(main_csv: Path) -> Section | None:
-    """EAT and PGD-AT side by side per architecture, with EAT minus PGD-AT, from ``main.csv``."""
+    """EAT, PGD-AT and (when present) PGD-AT at EAT's compute side by side per architecture, means over seeds
+    with ± sd where the table has one, and EAT minus each baseline, from ``main.csv``."""
     table = read_csv_table(main_csv)
-    if not set(FOCUS_DEFENSES) <= set(table.index):
+    if not {"pgd_at", "eat"} <= set(table.index):
         return None
+    defenses = [d for d in FOCUS_DEFENSES if d in table.index]
+    baselines = [d for d in FOCUS_BASELINES if d in table.index]
     archs = list(dict.fromkeys(table.columns.get_level_values(0)))
     head = "".join(f'<th class="num">{_e(_column_name(column))}</th>' for column in FOCUS_COLUMNS)
     rows = []
     for arch in archs:
-        values = {d: [table.loc[d].get((arch, *c), math.nan) for c in FOCUS_COLUMNS] for d in FOCUS_DEFENSES}
+        values = {d: [_focus_value(table, d, arch, c) for c in FOCUS_COLUMNS] for d in defenses}
         if all(math.isnan(v) for v in values["eat"]):
             continue
-        for i, defense in enumerate(FOCUS_DEFENSES):
-            arch_cell = f'<td rowspan="3">{_e(arch)}</td>' if i == 0 else ""
-            cells = "".join(f'<td class="num">{_number(v, c)}</td>' for v, c in zip(values[defense], FOCUS_COLUMNS,
-                                                                                   strict=True))
-            rows.append(f"<tr>{arch_cell}<td>{_e(defense)}</td>{cells}</tr>")
-        diffs = [a - b for a, b in zip(values["eat"], values["pgd_at"], strict=True)]
-        cells = "".join(f'<td class="num {_sign(d)}">{_number(d, c, signed=True)}</td>'
-                        for d, c in zip(diffs, FOCUS_COLUMNS, strict=True))
-        rows.append(f'<tr class="diff"><td>eat − pgd_at</td>{cells}</tr>')
+        # A baseline this architecture has no run of (pgd_at_matched on one arch only) gets no rows.
+        shown = [d for d in defenses if d == "pgd_at" or not all(math.isnan(v) for v in values[d])]
+        arch_baselines = [d for d in baselines if d in shown]
+        for i, defense in enumerate(shown):
+            arch_cell = f'<td rowspan="{len(shown) + len(arch_baselines)}">{_e(arch)}</td>' if i == 0 else ""
+            sds = [_focus_value(table, defense, arch, c, SD_SUFFIX) for c in FOCUS_COLUMNS]
+            cells = "".join(f'<td class="num">{_number(v, c)}{_plus_minus(sd, c)}</td>'
+                            for v, sd, c in zip(values[defense], sds, FOCUS_COLUMNS, strict=True))
+            seeds = _focus_value(table, defense, arch, ("run", "seeds"))
+            cells += f'<td class="num">{"–" if math.isnan(seeds) else int(seeds)}</td>'
+            rows.append(f"<tr>{arch_cell}<td>{_e(defense_label(defense))}</td>{cells}</tr>")
+        for baseline in arch_baselines:
+            diffs = [a - b for a, b in zip(values["eat"], values[baseline], strict=True)]
+            cells = "".join(f'<td class="num {_sign(d)}">{_number(d, c, signed=True)}</td>'
+                            for d, c in zip(diffs, FOCUS_COLUMNS, strict=True))
+            rows.append(f'<tr class="diff"><td>eat − {_e(baseline)}</td>{cells}<td></td></tr>')
     body = (
         '<p class="caption">The paper\'s claim in one table: EAT (an ensemble of adversarially trained members) '
-        "against PGD adversarial training of one network, on the same data, attacks and test subset. "
+        "against PGD adversarial training of one network (and, where run, PGD-AT trained for EAT's compute), on "
+        "the same data, attacks and test subset. Each value is the mean over the row's training seeds (column "
+        "seeds), ± the standard deviation over seeds where the main table has one. "
         'Robust = headline attack, worst = minimum over the attack suite (see the <a href="#table-main">main '
         'table</a> for the attack and the subset, and <a href="#figure-robustness-eps">robustness against ε</a> '
-        "for every ε). One seed per run: a difference here is not yet a verdict.</p>"
-        f'<div class="scroll"><table><thead><tr><th>arch</th><th>defense</th>{head}</tr></thead><tbody>'
-        + "\n".join(rows) + "</tbody></table></div>"
+        "for every ε, at the main seed). A difference of means is not yet a verdict: that is the paired test over "
+        "seeds of the verdict stage.</p>"
+        f'<div class="scroll"><table><thead><tr><th>arch</th><th>defense</th>{head}<th class="num">seeds</th>'
+        "</tr></thead><tbody>" + "\n".join(rows) + "</tbody></table></div>"
         f"<p>Data: {_download(main_csv)}</p>"
     )
     return Section("eat-vs-pgd-at", "EAT against PGD-AT", body)
@@ -237,6 +288,10 @@ def _number(value: float, column: tuple, *, signed: bool = False) -> str:
         return "–"
     decimals = 1 if column[-1] == "train_minutes" else 3
     return f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
+
+
+def _plus_minus(sd: float, column: tuple) -> str:
+    return "" if math.isnan(sd) else f" ± {_number(sd, column)}"
 
 
 def _sign(value: float) -> str:
@@ -269,8 +324,9 @@ def figure_caption(stem: str) -> tuple[str, str]:
     if stem.startswith("verdict"):
         return ("Verdict", "Paired differences over seeds with their 95% intervals (see the verdict table).")
     if stem == "robustness_eps":
-        return ("Robustness against ε", "Score under the sweep attack at each ε, one line per defense; ε = 0 is "
-                "the clean score and the dotted line marks the headline ε of the tables.")
+        return ("Robustness against ε", "Score under the sweep attack at each ε, one line per defense, at the "
+                "main training seed (params seed) only; ε = 0 is the clean score and the dotted line marks the "
+                "headline ε of the tables.")
     if stem == "ablation":
         return ("Ablation", "Per variant: clean score (light bar), robust score under the headline attack (dark "
                 "bar) and the worst case over the attack suite (tick).")
@@ -278,10 +334,11 @@ def figure_caption(stem: str) -> tuple[str, str]:
         return "Data", "Sample images of the prepared data set, as the models see them."
     if match := re.fullmatch(r"training_(.+)", stem):
         return (f"Training curves: {match[1]}", "Per epoch: training loss and validation scores of each run "
-                "(the clean pretraining run first, then every trained defense).")
+                "(the clean pretraining run first, then every trained defense), at the main training seed.")
     if match := re.fullmatch(r"tsne_([^_]+)_(.+)", stem):
         return (f"t-SNE: {match[1]} / {match[2]}", "Clean (left) and headline-attacked (right) test embeddings "
-                "in one shared t-SNE map, coloured by class: an attack that works scatters the clusters.")
+                "of the main training seed's model in one shared t-SNE map, coloured by class: an attack that works "
+                "scatters the clusters.")
     return stem.replace("_", " "), ""
 
 

@@ -260,6 +260,10 @@ class ModelConfig:
     embedding_dim: int = 128
     pretrained: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    # Craft perturbations (attacks and adversarial training) under bf16 autocast, on CPU too. Measured per family
+    # by benchmarks/engine.py (ResNet-18 about 1.9x; MobileNetV2 little: its strided depthwise convolutions stay
+    # fp32, eatlib.attacks.eot). Scores, clean embeddings and weight updates stay fp32.
+    craft_bf16: bool = False
 
     def __post_init__(self):
         check_options = ARCHITECTURES.lookup(self.arch, "arch")
@@ -359,6 +363,10 @@ class EvaluationConfig:
         _check(all(k >= 1 for k in self.recall_ks) and self.recall_ks, "recall_ks", self.recall_ks, "integers >= 1")
 
 
+PROTOCOLS = ("standard", "strong")
+TRANSFER_SOURCES = ("standard", "pgd_at")  # the strong protocol's transfer attacks are crafted on these models
+
+
 @dataclass(frozen=True)
 class AttackConfig:
     """The robustness evaluation: a headline attack, a suite for the worst case, and an eps sweep."""
@@ -370,8 +378,19 @@ class AttackConfig:
     batch_size: int = 250
     eot_samples: int = 8  # gradient samples per step against randomised inference defenses (EOT)
     eot_sweep: bool = False  # also run the eps sweep against randomised defenses (costs eot_samples x the sweep)
+    # standard: the worst case is the per-metric minimum over headline + suite. strong: also the `strong` attacks
+    # (eatlib.strong), and per image the perturbation with the highest margin over all of them, clustered once.
+    protocol: str = "standard"
+    strong: list[dict[str, Any]] = field(default_factory=list)
+    kmeans_seeds: int = 5  # evaluation noise: k-means restarts with other seeds (eatlib.noise)
+    bootstrap: int = 200  # evaluation noise: bootstrap replicates over test classes
 
     def __post_init__(self):
+        _check(self.protocol in PROTOCOLS, "protocol", self.protocol, f"one of {list(PROTOCOLS)}")
+        _check(self.protocol == "standard" or bool(self.strong), "strong", self.strong,
+               "a non-empty list of attack specs when protocol is strong")
+        _check(self.kmeans_seeds >= 1, "kmeans_seeds", self.kmeans_seeds, ">= 1")
+        _check(self.bootstrap >= 0, "bootstrap", self.bootstrap, ">= 0 (0: no class bootstrap)")
         validate_spec = ATTACK_SPECS.lookup("spec", "headline")
         specs = []
         for key, spec in [("headline", self.headline), *((f"suite[{i}]", s) for i, s in enumerate(self.suite))]:
@@ -381,6 +400,18 @@ class AttackConfig:
                 raise ConfigError(f"{key}: {error}") from None
         names = [spec["name"] for spec in specs]
         _check(len(set(names)) == len(names), "suite", names, "attacks with distinct names")
+        strong_names = [specs[0]["name"]]  # the strong protocol runs the headline beside its own attacks
+        for i, spec in enumerate(self.strong):
+            _check(isinstance(spec, dict), f"strong[{i}]", spec, "an attack spec mapping")
+            source = spec.get("source")
+            _check(source in (None, *TRANSFER_SOURCES), f"strong[{i}].source", source,
+                   f"null (white-box) or a transfer source: {list(TRANSFER_SOURCES)}")
+            try:
+                strong_names.append(validate_spec({k: v for k, v in spec.items() if k != "source"})["name"])
+            except ConfigError as error:
+                raise ConfigError(f"strong[{i}]: {error}") from None
+        _check(len(set(strong_names)) == len(strong_names), "strong", strong_names,
+               "attacks with distinct names, none named like the headline")
         _check(all(0 < e for e in self.sweep_eps), "sweep_eps", self.sweep_eps, "budgets > 0")
         _check(self.subset is None or self.subset >= 2, "subset", self.subset, "null (all) or >= 2 images")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")
@@ -394,19 +425,49 @@ class AttackConfig:
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """What the DVC pipeline runs: its train and attack stages are a matrix over these lists."""
+    """What the DVC pipeline runs: its train and attack stages are a matrix over these lists.
+
+    The comparison set (``compared``, plus PGD-AT given EAT's forward-backward budget, ``pgd_at_matched``) is
+    trained and attacked once per training seed of ``seeds``; ``single_seed`` defenses once, with the top-level
+    ``seed``. The data (generation, splits, attacked subset) follow the top-level ``seed`` only, so every seed
+    sees the same images: initialisation draws, batch order, augmentation, attack starts and k-means vary.
+    """
 
     archs: list[str]
-    trained_defenses: list[str] = field(default_factory=lambda: ["standard"])
-    inference_defenses: list[str] = field(default_factory=list)  # wrap the trained `standard` model
+    seeds: list[int] | None = None  # None: the top-level seed only
+    compared: list[str] = field(default_factory=lambda: ["standard", "pgd_at", "eat"])
+    single_seed: list[str] = field(default_factory=list)
+    inference_defenses: list[str] = field(default_factory=list)  # wrap the trained `standard` model of `seed`
 
     def __post_init__(self):
-        _check("standard" in self.trained_defenses, "trained_defenses", self.trained_defenses,
-               "a list that includes 'standard' (the undefended baseline every table compares against)")
-        for key, names, registry in (("trained_defenses", self.trained_defenses, TRAINING_DEFENSES),
+        _check(self.seeds is None or bool(self.seeds) and all(isinstance(s, int) and s >= 0 for s in self.seeds)
+               and len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "distinct integers >= 0")
+        _check(all(d in self.compared for d in ("standard", "pgd_at", "eat")), "compared", self.compared,
+               "a list that includes standard (the undefended baseline), pgd_at and eat (the verdict compares "
+               "EAT with PGD-AT at equal epochs and at EAT's compute)")
+        both = sorted(set(self.compared) & set(self.single_seed))
+        _check(not both, "single_seed", both, "defenses not already in pipeline.compared")
+        for key, names, registry in (("compared", self.compared, TRAINING_DEFENSES),
+                                     ("single_seed", self.single_seed, TRAINING_DEFENSES),
                                      ("inference_defenses", self.inference_defenses, INFERENCE_DEFENSES)):
             for i, name in enumerate(names):
                 registry.lookup(name, f"{key}[{i}]")
+
+    @property
+    def trained_defenses(self) -> list[str]:
+        """Every trained model the pipeline makes, in table order: the comparison set with PGD-AT at EAT's compute
+        right after PGD-AT, then the single-seed defenses."""
+        order = []
+        for name in self.compared:
+            order += [name, MATCHED] if name == "pgd_at" else [name]
+        return order + list(self.single_seed)
+
+    def seeds_of(self, defense: str, main_seed: int) -> list[int]:
+        """The training seeds ``defense`` is run with."""
+        return list(self.seeds) if defense in self.compared or defense == MATCHED else [main_seed]
+
+
+MATCHED = "pgd_at_matched"  # PGD-AT trained until it has spent EAT's forward-backward images of the same seed
 
 
 @dataclass(frozen=True)
@@ -462,6 +523,11 @@ class Params:
 
     def __post_init__(self):
         _check(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+        if self.pipeline.seeds is None:
+            object.__setattr__(self.pipeline, "seeds", [self.seed])
+        _check(self.seed in self.pipeline.seeds, "pipeline.seeds", self.pipeline.seeds,
+               f"a list that includes the top-level seed ({self.seed}): the single-seed and inference defenses "
+               "use its models")
         _check(self.device in DEVICES or self.device.startswith("cuda:"), "device", self.device, f"{DEVICES}")
         _check(bool(self.models), "models", self.models, "at least one architecture")
         missing = [a for a in self.pipeline.archs if a not in self.models]

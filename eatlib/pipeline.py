@@ -15,18 +15,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eatlib import checkpoint
+from eatlib import checkpoint, sanity
 from eatlib.attacks import build_attack, eps_sweep
 from eatlib.data import DataSplits, contact_sheet, load_splits, prepare_glyphs
 from eatlib.defenses import INFERENCE_DEFENSES, build_inference, build_training
 from eatlib.devices import resolve_device
 from eatlib.evaluate import _View, attack_embeddings, embed, evaluate_robustness, subset_indices
+from eatlib.layout import metrics_path, model_path, pretrained_path  # noqa: F401 (metrics_path: for notebooks)
 from eatlib.metrics import embedding_metrics
 from eatlib.models import Ensemble, build_model, fold_batchnorm
-from eatlib.params import Params, TrainConfig, to_dict
+from eatlib.params import MATCHED, TRANSFER_SOURCES, Params, TrainConfig, to_dict
 from eatlib.persistence import load_model
 from eatlib.plots import load_history, plot_training_curves, plot_tsne, write_figures, write_training_curves_csv
 from eatlib.report import load_ablation, load_metrics, write_tables
+from eatlib.strong import evaluate_strong
 from eatlib.train import fit
 
 
@@ -77,16 +79,6 @@ def build_network(params: Params, arch: str):
     )
 
 
-def model_path(arch: str, defense: str, results: str | Path = "results") -> Path:
-    """Where the train stage puts a trained model."""
-    return Path(results) / "models" / arch / f"{defense}.pt"
-
-
-def pretrained_path(arch: str, results: str | Path = "results") -> Path:
-    """Where the pretrain stage puts the clean model that every trained defense of ``arch`` starts from."""
-    return Path(results) / "pretrained" / f"{arch}.pt"
-
-
 def pretrain(params: Params, arch: str, *, results: str | Path = "results", progress: bool = True,
              fit_options: dict | None = None) -> list[dict]:
     """The pretrain stage: clean Proxy-Anchor training of ``arch`` with the ``pretrain`` schedule. On glyphs it
@@ -115,17 +107,19 @@ def initialize_from(model: torch.nn.Module, path: str | Path) -> dict:
     return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
-def train(params: Params, arch: str, defense: str = "standard", *, options=None, train_cfg: TrainConfig | None = None,
-          init: str | Path | None = "pretrained", out_path: str | Path | None = None,
-          run_dir: str | Path | None = None, splits: DataSplits | None = None, results: str | Path = "results",
-          progress: bool = True, fit_options: dict | None = None) -> list[dict]:
+def train(params: Params, arch: str, defense: str = "standard", *, seed: int | None = None, options=None,
+          train_cfg: TrainConfig | None = None, init: str | Path | None = "pretrained",
+          out_path: str | Path | None = None, run_dir: str | Path | None = None, splits: DataSplits | None = None,
+          results: str | Path = "results", progress: bool = True, fit_options: dict | None = None) -> list[dict]:
     """Train ``defense`` (a training defense) on architecture family ``arch``.
 
     ``options`` and ``train_cfg`` default to ``defenses.<defense>`` and ``train`` of ``params`` (ablations
     override them). ``init``: "pretrained" (default) starts from the pretrain stage's model when ``params``
     has a ``pretrain`` section, else from scratch; a path starts from that saved network; None from scratch.
-    The final model goes to ``out_path`` (default ``results/models/<arch>/<defense>.pt``); per-epoch
-    checkpoints go to ``run_dir`` (default ``runs/<arch>/<defense>``, outside the DVC outputs), keyed by the
+    ``seed`` (default: the top-level ``seed``) is the training seed: initialisation draws, batch order,
+    augmentation and attack starts; the data always follow the top-level ``seed``.
+    The final model goes to ``out_path`` (default ``results/models/<arch>/<defense>/seed<seed>.pt``); per-epoch
+    checkpoints go to ``run_dir`` (default ``runs/<arch>/<defense>/seed<seed>``, outside the DVC outputs), keyed by the
     configuration and deleted once the model is written, so an interrupted stage resumes where it stopped and
     nothing else is resumed (:mod:`eatlib.persistence`). ``fit_options``: extra keyword arguments of
     :func:`eatlib.train.fit` (e.g. ``{"sync_bn": True}`` under torchrun).
@@ -133,7 +127,8 @@ def train(params: Params, arch: str, defense: str = "standard", *, options=None,
 
     splits = splits or load_data(params)
     device = resolve_device(params.device)
-    seed_everything(params.seed)
+    seed = params.seed if seed is None else seed
+    seed_everything(seed)
     train_cfg = train_cfg or params.train
     setup = build_training(
         defense,
@@ -142,16 +137,30 @@ def train(params: Params, arch: str, defense: str = "standard", *, options=None,
         num_classes=splits.train.num_classes,
         num_samples=len(splits.train),
         loss_cfg=train_cfg.loss,
-        seed=params.seed,
+        seed=seed,
+        craft_bf16=params.model(arch).craft_bf16,
     )
     meta = {"arch": arch, "model": to_dict(params.model(arch)), "data": to_dict(params.data), **setup.meta}
     init = resolve_init(params, arch, init, results)
     if init is not None:
         meta["init"] = initialize_from(setup.model, init)
     return fit(setup.model.to(device), setup.criterion.to(device), splits.train, splits.val, train_cfg,
-               out_dir=run_dir or Path("runs") / arch / defense, seed=params.seed, step=setup.step,
-               progress=progress, meta=meta, final_path=out_path or model_path(arch, defense, results),
+               out_dir=run_dir or Path("runs") / arch / defense / f"seed{seed}", seed=seed, step=setup.step,
+               progress=progress, meta=meta, final_path=out_path or model_path(arch, defense, results, seed),
                **(fit_options or {}))
+
+
+def train_matched(params: Params, arch: str, *, seed: int | None = None, results: str | Path = "results",
+                  progress: bool = True, fit_options: dict | None = None) -> list[dict]:
+    """PGD-AT given EAT's compute (``pgd_at_matched``): ``defenses.pgd_at`` trained for as many forward-backward
+    images as EAT's run of the same seed spent, at PGD-AT's own cost per epoch (:func:`matched_schedule`)."""
+    seed = params.seed if seed is None else seed
+    schedule = matched_schedule(params.train, own=training_cost(model_path(arch, "pgd_at", results, seed)),
+                                target=training_cost(model_path(arch, "eat", results, seed)))
+    return train(params, arch, "pgd_at", seed=seed, train_cfg=schedule,
+                 out_path=model_path(arch, MATCHED, results, seed),
+                 run_dir=Path("runs") / arch / MATCHED / f"seed{seed}", results=results, progress=progress,
+                 fit_options=fit_options)
 
 
 def evaluate_clean(params: Params, model_path: str | Path, *, splits: DataSplits | None = None) -> dict:
@@ -167,13 +176,14 @@ def evaluate_clean(params: Params, model_path: str | Path, *, splits: DataSplits
 
 
 def load_defended_model(params: Params, arch: str, defense: str, splits: DataSplits,
-                        results: str | Path = "results"):
-    """The deployed model of ``defense``: a trained model, or an inference defense wrapped around ``standard``."""
+                        results: str | Path = "results", seed: int | None = None):
+    """The deployed model of ``defense``: a trained model of training seed ``seed`` (default: the top-level
+    ``seed``), or an inference defense wrapped around ``standard`` of the top-level ``seed``."""
 
     device = resolve_device(params.device)
     if defense not in INFERENCE_DEFENSES:
-        return load_model(model_path(arch, defense, results), device)
-    base = load_model(model_path(arch, "standard", results), device)
+        return load_model(model_path(arch, defense, results, params.seed if seed is None else seed), device)
+    base = load_model(model_path(arch, "standard", results, params.seed), device)
     references = splits.train.images if hasattr(splits.train, "images") else None
     context = {"references": references} if defense == "mixup_inference" else {}
     return build_inference(defense, base, params.defense_options(defense), **context).to(device).eval()
@@ -187,58 +197,111 @@ def training_cost(path: str | Path) -> dict:
             "epochs": len(history)}
 
 
-def attack(params: Params, arch: str, defense: str, *, model=None, cost: dict | None = None, sweep: bool = True,
-           splits: DataSplits | None = None, results: str | Path = "results", progress: bool = True) -> dict:
-    """The attack stage: clean scores, the attack suite (worst case), the eps sweep of the headline attack,
-    and, for ensembles, each member alone. Returns the ``results/metrics/<arch>/<defense>.json`` document.
-    ``model`` and ``cost`` default to the main run's deployed model of ``defense`` and its training cost."""
+def attack(params: Params, arch: str, defense: str, *, seed: int | None = None, model=None, cost: dict | None = None,
+           sweep: bool | None = None, splits: DataSplits | None = None, results: str | Path = "results",
+           progress: bool = True) -> dict:
+    """The attack stage: clean scores, the attack suite (worst case), the eps sweep of the headline attack (main
+    seed only, by default), and, for ensembles, each member alone under the headline attack; every score with its
+    evaluation noise (other k-means seeds, a bootstrap over test classes). Returns the
+    ``results/metrics/<arch>/<defense>/seed<seed>.json`` document. ``seed`` (default: the top-level ``seed``) is
+    the training seed of the attacked model and seeds the attack starts and k-means; the attacked images are
+    the same for every seed. ``model`` and ``cost`` default to that run's deployed model and training cost."""
 
     started = time.perf_counter()
+    seed = params.seed if seed is None else seed
     splits = splits or load_data(params)
-    model = model if model is not None else load_defended_model(params, arch, defense, splits, results)
+    model = model if model is not None else load_defended_model(params, arch, defense, splits, results, seed)
     cfg = params.attacks
     randomized = bool(getattr(model, "randomized", False))
     # Randomised defenses are attacked with EOT; without it their robustness is an illusion.
     specs = [{**spec, "eot": cfg.eot_samples} if randomized else spec for spec in cfg.specs()]
     headline = specs[0]
-    common = {"seed": params.seed, "subset": cfg.subset, "batch_size": cfg.batch_size, "progress": progress}
-    robustness = evaluate_robustness(model, splits.test, specs, **common)
+    common = {"seed": seed, "subset_seed": params.seed, "subset": cfg.subset, "batch_size": cfg.batch_size,
+              "progress": progress, "amp": params.model(arch).craft_bf16,
+              "noise": {"kmeans_seeds": cfg.kmeans_seeds, "bootstrap": cfg.bootstrap}}
+    if cfg.protocol == "strong":
+        # The headline (first, for the tables' headline column) and the strong ensemble, combined per image.
+        sources = {name: None if name == defense else load_model(model_path(arch, name, results, seed),
+                                                                 resolve_device(params.device))
+                   for name in TRANSFER_SOURCES}
+        robustness = evaluate_strong(model, splits.test, [headline, *cfg.strong], transfer_sources=sources,
+                                     eot_samples=cfg.eot_samples if randomized else 1, **common)
+    else:
+        robustness = evaluate_robustness(model, splits.test, specs, **common)
     if cost is None:
-        trained = defense if model_path(arch, defense, results).exists() else "standard"
-        cost = training_cost(model_path(arch, trained, results))
+        trained = defense if defense not in INFERENCE_DEFENSES else "standard"
+        cost = training_cost(model_path(arch, trained, results, seed if trained == defense else params.seed))
+    scored = {"combined": robustness.get("combined"), **robustness["attacks"]}
     document = {
         "arch": arch,
         "defense": defense,
+        "seed": seed,
         "clean": robustness["clean"],
         "attacks": robustness["attacks"],
         "worst": robustness["worst"],
         "worst_attack": robustness["worst_attack"],
         "headline": headline["name"],
+        "noise": {"clean": robustness["clean_noise"], "worst": scored[robustness["worst_attack"]["ami"]]["noise"]},
+        "headline_noise": robustness["attacks"][headline["name"]]["noise"],
+        "protocol": cfg.protocol,
+        **({"combined": robustness["combined"], "hyperparameters": robustness["hyperparameters"]}
+           if cfg.protocol == "strong" else {}),
         "cost": cost,
         "subset": {"images": (robustness["subset"] or {"size": len(splits.test)})["size"],
                    "classes": int(splits.test.num_classes), "seed": params.seed},
         "randomized": randomized,
         "timing": robustness["timing"],
         "config": {"model": to_dict(params.model(arch)), "attacks": to_dict(cfg),
-                   "defense_options": to_dict(params.defense_options(defense))},
+                   "defense_options": to_dict(params.defense_options(_options_of(defense)))},
     }
+    sweep = seed == params.seed if sweep is None else sweep
     if sweep and (cfg.eot_sweep or not randomized):
         # The headline's own eps is already done; attack only at the other budgets.
         sweep_specs = eps_sweep(headline, cfg.sweep_eps)
         todo = [s for s in sweep_specs if s["eps"] != headline["eps"]]
-        swept = evaluate_robustness(model, splits.test, todo, **common)["attacks"] if todo else {}
+        no_noise = {**common, "noise": None}
+        swept = evaluate_robustness(model, splits.test, todo, **no_noise)["attacks"] if todo else {}
         swept = {s["name"]: swept.get(s["name"]) or robustness["attacks"][headline["name"]] for s in sweep_specs}
         document["sweep"] = {"attack": headline["name"], "eps": list(cfg.sweep_eps),
                              "metrics": [_scores(swept[s["name"]]) for s in sweep_specs]}
+        if cfg.protocol == "strong" and defense in SANITY_DEFENSES:
+            document["sanity"] = sanity_runs(model, splits, robustness, swept, common)
     members = getattr(model, "members", None)
     if members is not None and len(members) > 1:
         document["members"] = {}
         for i, member in enumerate(members):
             alone = evaluate_robustness(member, splits.test, [headline], **common)
-            headline_scores = _scores(alone["attacks"][headline["name"]])
-            document["members"][str(i)] = {"clean": alone["clean"], "headline": headline_scores}
+            entry = alone["attacks"][headline["name"]]
+            document["members"][str(i)] = {"clean": alone["clean"], "headline": _scores(entry),
+                                           "noise": {"clean": alone["clean_noise"], "headline": entry["noise"]}}
     document["seconds"] = time.perf_counter() - started
     return document
+
+
+SANITY_DEFENSES = ("standard", "eat")       # the sanity checks of the strong protocol run on these (main seed)
+
+
+def sanity_runs(model, splits: DataSplits, robustness: dict, swept: dict, common: dict) -> list[dict]:
+    """The sanity checks of a strong-protocol evaluation (:mod:`eatlib.sanity`): its strongest white-box attack
+    with doubled steps, the eps sweep extended to 64/255 (there pulled onto the target centre, ``push: 0``, so
+    that the attacked AMI can reach chance), and uniform noise of the headline's eps."""
+    headline = next(iter(robustness["attacks"].values()))["spec"]
+    doubled = sanity.double_budget(robustness["attacks"][sanity.strongest_attack(robustness)]["spec"])
+    far = {**headline, "name": "sanity_64_pull", "eps": 64 / 255, "alpha": 16 / 255, "push": 0.0}
+    noise = {"name": "sanity_noise", "optimizer": "noise", "eps": headline["eps"], "objective": "embedding_shift"}
+    quiet = {**common, "noise": None}
+    extra = evaluate_robustness(model, splits.test, [doubled, far, noise], **quiet)["attacks"]
+    kmeans = robustness["clean_noise"]["kmeans"]["ami"]["values"]
+    noise_kmeans = evaluate_robustness(model, splits.test, [noise], **{**common, "noise": {
+        "kmeans_seeds": len(kmeans), "bootstrap": 0}})["attacks"]["sanity_noise"]["noise"]["kmeans"]["ami"]["values"]
+    sweep = {"attacks": {**swept, far["name"]: extra[far["name"]]}}
+    return sanity.sanity_checks(robustness, doubled=extra[doubled["name"]], sweep=sweep,
+                                noise_results={"ami": noise_kmeans}, clean_ami=kmeans)
+
+
+def _options_of(defense: str) -> str:
+    """The defense whose ``defenses.<name>`` options a run uses (PGD-AT at EAT's compute is PGD-AT)."""
+    return "pgd_at" if defense == MATCHED else defense
 
 
 def _scores(entry: dict) -> dict:
@@ -252,7 +315,8 @@ def headline_embeddings(params: Params, arch: str, defense: str, *, splits: Data
     model = fold_batchnorm(load_defended_model(params, arch, defense, splits, results))
     view = _View(splits.test, subset_indices(len(splits.test), images, params.seed))
     clean, labels = embed(model, view, batch_size=params.attacks.batch_size)
-    attack = build_attack(params.attacks.specs()[0], model, clean_embeddings=clean, labels=labels, seed=params.seed)
+    attack = build_attack(params.attacks.specs()[0], model, clean_embeddings=clean, labels=labels, seed=params.seed,
+                          amp=params.model(arch).craft_bf16)
     adversarial, _ = attack_embeddings(attack, view, batch_size=params.attacks.batch_size, progress=False)
     return clean, adversarial, labels
 
@@ -264,12 +328,26 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
     results = Path(results)
     figures_dir = results / "figures"
     tables = write_tables(results)
-    figures = [p for p in write_figures(results) if p.suffix == ".png"]
+    sanity_rows = {f"{run.arch} / {run.defense}": run.data for run in load_metrics(results) if "sanity" in run.data}
+    if sanity_rows:  # the strong protocol's sanity checks, on the main seed's standard and EAT models
+        specs = next(iter(sanity_rows.values()))["hyperparameters"]["specs"]
+        table = sanity.sanity_table({name: doc["sanity"] for name, doc in sanity_rows.items()}, specs)
+        (results / "tables" / "sanity.md").write_text(table)
+        tables.append(results / "tables" / "sanity.md")
+    figures = [p for p in write_figures(results, seed=params.seed) if p.suffix == ".png"]
     figures.append(Path(shutil.copy(Path(params.data.prepared) / "contact_sheet.png", figures_dir)))
+    # The verdict stage's table and forest plot, beside the others (it writes them to results/verdict/ because
+    # results/tables and results/figures are this stage's outputs).
+    verdict_dir = results / "verdict"
+    if (verdict_dir / "verdict.md").is_file():
+        shutil.copy(verdict_dir / "verdict.md", results / "tables" / "verdict.md")
+    if (verdict_dir / "verdict.png").is_file():
+        figures.append(Path(shutil.copy(verdict_dir / "verdict.png", figures_dir)))
     # For dvc plots: the defenses' curves (one length, train.epochs) apart from the clean pretraining runs.
     splits, training_curves, pretrain_curves = None, {}, {}
     for arch in params.pipeline.archs:
-        histories = {d: load_history(model_path(arch, d, results)) for d in params.pipeline.trained_defenses}
+        histories = {d: load_history(model_path(arch, d, results, params.seed))
+                     for d in params.pipeline.trained_defenses}
         training_curves[arch] = histories
         if pretrained_path(arch, results).exists():
             pretrain_curves[arch] = {"pretrain": load_history(pretrained_path(arch, results))}
@@ -282,7 +360,8 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
                 clean, adversarial, labels = headline_embeddings(params, arch, defense, splits=splits,
                                                                  results=results)
                 path = figures_dir / f"tsne_{arch}_{defense}.png"
-                plot_tsne(clean, adversarial, labels, path, seed=params.seed, title=f"{arch} / {defense}")
+                plot_tsne(clean, adversarial, labels, path, seed=params.seed,
+                          title=f"{arch} / {defense} (training seed {params.seed})")
                 figures.append(path)
     write_training_curves_csv(training_curves, figures_dir / "training_curves.csv")
     if pretrain_curves:
@@ -292,9 +371,10 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
         if pretrained_path(arch, results).exists():
             timings[f"pretrain/{arch}"] = training_cost(pretrained_path(arch, results))["train_seconds"]
     for run in load_metrics(results):
+        name = f"{run.arch}/{run.defense}/seed{run.seed}"
         if run.defense in params.pipeline.trained_defenses:
-            timings[f"train/{run.arch}/{run.defense}"] = run.data["cost"]["train_seconds"]
-        timings[f"attack/{run.arch}/{run.defense}"] = run.data["seconds"]
+            timings[f"train/{name}"] = run.data["cost"]["train_seconds"]
+        timings[f"attack/{name}"] = run.data["seconds"]
     for run in load_ablation(results):
         variant = run.path.stem
         if "reuses" not in run.data:  # a reused model's training is the main run's, counted above
@@ -313,10 +393,11 @@ def ablation(params: Params, variant: str, *, results: str | Path = "results", p
     options = params.variant_options(variant)
     train_cfg = params.train
     if spec.match_compute is not None:
-        train_cfg = matched_schedule(params.train, own=training_cost(model_path(arch, spec.defense, results)),
-                                     target=training_cost(model_path(arch, spec.match_compute, results)))
+        train_cfg = matched_schedule(
+            params.train, own=training_cost(model_path(arch, spec.defense, results, params.seed)),
+            target=training_cost(model_path(arch, spec.match_compute, results, params.seed)))
     splits = load_data(params)
-    main_path = model_path(arch, spec.defense, results)
+    main_path = model_path(arch, spec.defense, results, params.seed)
     if spec.match_compute is None and _same_training(options, params.defense_options(spec.defense)):
         # Only the inference-time aggregation differs from the main run: its members, re-aggregated.
         trained = load_model(main_path, resolve_device(params.device))

@@ -4,7 +4,8 @@ Every function builds a :class:`matplotlib.figure.Figure` directly (no pyplot st
 calls and notebooks keep their own backend), returns it, and, given ``out_path``, saves it as a PNG at
 :data:`DPI` through a temporary file and a rename. Figures have a fixed pixel size (``figsize * DPI``, no tight
 bounding box), constrained layout, seaborn's colour-blind palette, and one fixed colour and marker per defense
-across all figures.
+across all figures. The eps sweep and the training curves are of the main training seed (params ``seed``) only:
+the attack stage sweeps eps there, and one seed's curves are what a reader can follow.
 """
 
 from __future__ import annotations
@@ -24,15 +25,19 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator, NullLocator
 
+from eatlib.layout import model_path
 from eatlib.params import parse_eps
 from eatlib.report import (
     CANONICAL_DEFENSES,
     DISPLAY_NAMES,
     ResultsError,
     RunResult,
+    defense_label,
     defense_order,
+    group_seeds,
     load_ablation,
     load_metrics,
+    runs_of_seed,
     write_atomic,
 )
 
@@ -40,6 +45,9 @@ DPI = 150
 CURVE_METRICS = ("nmi", "ami", "ari", "f1", "recall@1")
 _MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">", "*")
 _EXTRA_MARKERS = ("h", "p", "d", "8", "H")   # defenses outside CANONICAL_DEFENSES: dashed, other markers
+# A defense that is another one at a different budget: its colour, dashed, its own marker.
+_VARIANT_OF = {"pgd_at_matched": ("pgd_at", "p")}
+_COLOURED = tuple(d for d in CANONICAL_DEFENSES if d not in _VARIANT_OF)   # ten defenses, ten palette colours
 _STYLE = {"axes.titleweight": "bold", "legend.frameon": False, "savefig.dpi": DPI}
 
 
@@ -71,8 +79,11 @@ def defense_styles(defenses: Sequence[str]) -> dict[str, dict]:
     palette = sns.color_palette("colorblind", 10)
     styles, extra = {}, 0
     for defense in defense_order(defenses):
-        if defense in CANONICAL_DEFENSES:
-            index, marker, dashes = CANONICAL_DEFENSES.index(defense), _MARKERS[CANONICAL_DEFENSES.index(defense)], "-"
+        if defense in _VARIANT_OF:
+            base, marker = _VARIANT_OF[defense]
+            index, dashes = _COLOURED.index(base), "--"
+        elif defense in _COLOURED:
+            index, marker, dashes = _COLOURED.index(defense), _MARKERS[_COLOURED.index(defense)], "-"
         else:
             index, marker, dashes = extra, _EXTRA_MARKERS[extra % len(_EXTRA_MARKERS)], "--"
             extra += 1
@@ -114,7 +125,13 @@ def _sweep_rows(run: RunResult, metrics: Sequence[str], include_clean: bool) -> 
 def eps_curves(runs: Sequence[RunResult], *, metrics: Sequence[str] = CURVE_METRICS,
                include_clean: bool = True) -> pd.DataFrame:
     """Tidy robustness-vs-eps data: one row per (defense, arch, eps, metric) with its ``value``, from each run's
-    ``sweep`` (runs without one are skipped). ``include_clean`` adds eps = 0 from the clean scores."""
+    ``sweep`` (runs without one are skipped). ``include_clean`` adds eps = 0 from the clean scores. Pass one seed's
+    runs (:func:`eatlib.report.runs_of_seed`): two sweeps of one (arch, defense) are an error."""
+    for (arch, defense), group in group_seeds(runs).items():
+        swept = [run for run in group if run.data.get("sweep")]
+        if len(swept) > 1:
+            raise ResultsError(f"{arch}/{defense}: {len(swept)} seeds have a sweep ({swept[0].path}, {swept[1].path}); "
+                               "pass one seed's runs (eatlib.report.runs_of_seed(runs, params seed))")
     rows = [row for run in runs for row in _sweep_rows(run, metrics, include_clean)]
     if not rows:
         raise ResultsError("no results file has a 'sweep'; the attack stage writes it (params: attack sweep)")
@@ -138,10 +155,12 @@ def eps_curves_wide(curves: pd.DataFrame) -> pd.DataFrame:
     return wide[order].reset_index().rename_axis(columns=None)
 
 
-def write_eps_curves_csv(results_dir: str | Path, path: str | Path, *, wide: bool = False, **options) -> Path:
-    """Write :func:`eps_curves` of ``results_dir/metrics`` as CSV: tidy (columns defense, arch, eps, metric,
-    value), or with ``wide`` as :func:`eps_curves_wide` for ``dvc plots``. ``options`` go to :func:`eps_curves`."""
-    frame = eps_curves(load_metrics(results_dir), **options)
+def write_eps_curves_csv(results_dir: str | Path, path: str | Path, *, seed: int, wide: bool = False,
+                         **options) -> Path:
+    """Write :func:`eps_curves` of ``results_dir/metrics`` at training seed ``seed`` (the main seed, params
+    ``seed``) as CSV: tidy (columns defense, arch, eps, metric, value), or with ``wide`` as
+    :func:`eps_curves_wide` for ``dvc plots``. ``options`` go to :func:`eps_curves`."""
+    frame = eps_curves(runs_of_seed(load_metrics(results_dir), seed), **options)
     frame = eps_curves_wide(frame) if wide else frame
     return write_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
 
@@ -168,9 +187,9 @@ def _sweep_is_l2(runs: Sequence[RunResult]) -> bool:
 
 @_themed
 def plot_robustness_curves(runs: Sequence[RunResult], out_path: str | Path | None = None, *,
-                           metrics: Sequence[str] = ("ami", "ari")) -> Figure:
+                           metrics: Sequence[str] = ("ami", "ari"), seed: int | None = None) -> Figure:
     """Score against eps, one panel per (metric row, architecture column), one line per defense; eps = 0 is the
-    clean score, the dotted line marks the headline eps."""
+    clean score, the dotted line marks the headline eps. ``seed`` (the runs' training seed) goes in the title."""
     data = eps_curves(runs, metrics=metrics)
     archs = sorted(data["arch"].unique())
     styles = defense_styles(data["defense"].unique())
@@ -186,7 +205,8 @@ def plot_robustness_curves(runs: Sequence[RunResult], out_path: str | Path | Non
             for defense, style in styles.items():
                 curve = part[part["defense"] == defense]
                 if len(curve):
-                    ax.plot(curve["eps"] * scale, curve["value"], label=defense, markersize=5, **style)
+                    ax.plot(curve["eps"] * scale, curve["value"], label=defense_label(defense), markersize=5,
+                            **style)
             if headline is not None:
                 ax.axvline(headline * scale, color="0.4", linestyle=":", linewidth=1.2, zorder=1)
             # eps sweeps are roughly geometric (1, 2, 4, 8, 16 /255): symlog spreads them evenly and keeps 0 (clean).
@@ -199,10 +219,12 @@ def plot_robustness_curves(runs: Sequence[RunResult], out_path: str | Path | Non
             if row == len(metrics) - 1:
                 ax.set_xlabel("ε (L2)" if l2 else "ε (L∞, in 1/255)")
     # Proxy handles in defense order, so a defense missing from some panel still has its legend entry.
-    entries = {defense: Line2D([], [], markersize=5, **style) for defense, style in styles.items()}
+    entries = {defense_label(defense): Line2D([], [], markersize=5, **style) for defense, style in styles.items()}
     if headline is not None:
         entries["headline ε"] = Line2D([], [], color="0.4", linestyle=":", linewidth=1.2)
     figure.legend(entries.values(), entries.keys(), loc="outside right upper", title="defense")
+    if seed is not None:
+        figure.suptitle(f"training seed {seed} (the main seed)", fontsize="medium")
     if out_path is not None:
         save_figure(figure, out_path)
     return figure
@@ -218,6 +240,15 @@ def load_history(model_path: str | Path) -> list[dict]:
     if not isinstance(state, dict) or "history" not in state:
         raise ResultsError(f"{model_path}: missing key 'history'; it is written by eatlib.train.fit at the end")
     return list(state["history"])
+
+
+def load_histories(archs: Sequence[str], defenses: Sequence[str], results: str | Path = "results", *,
+                   seed: int) -> dict[str, dict[str, list[dict]]]:
+    """``{arch: {defense: history}}`` of the models trained at ``seed`` (the main seed, params ``seed``), read from
+    :func:`eatlib.layout.model_path`: what :func:`write_training_curves_csv` and :func:`plot_training_curves`
+    take (per arch)."""
+    return {arch: {defense: load_history(model_path(arch, defense, results, seed)) for defense in defenses}
+            for arch in archs}
 
 
 @_themed
@@ -374,7 +405,7 @@ def plot_ablation(runs: Sequence[RunResult], out_path: str | Path | None = None,
                Line2D([], [], marker="|", markersize=14, markeredgewidth=2.2, linestyle="", color="black",
                       label="worst case (attack suite)")]
     if len(styles) > 1:
-        handles += [Patch(color=style["color"], label=defense) for defense, style in styles.items()]
+        handles += [Patch(color=style["color"], label=defense_label(defense)) for defense, style in styles.items()]
     figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5))
     if out_path is not None:
         save_figure(figure, out_path)
@@ -383,19 +414,24 @@ def plot_ablation(runs: Sequence[RunResult], out_path: str | Path | None = None,
 
 # ------------------------------------------------------------------------------------------------------ everything
 
-def write_figures(results_dir: str | Path = "results", out_dir: str | Path | None = None) -> list[Path]:
+def write_figures(results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
+                  seed: int) -> list[Path]:
     """The figures that need only results JSON, into ``out_dir`` (default ``results_dir/figures``):
     ``robustness_eps.png``, ``eps_curves.csv`` (tidy) and ``eps_curves_wide.csv`` (for ``dvc plots``), all from
-    the metrics sweeps, and ``ablation.png`` when ``results_dir/ablation`` holds variants. t-SNE and training
-    curves need embeddings / checkpoints: see :func:`plot_tsne`, :func:`plot_training_curves`, :func:`load_history`."""
+    the metrics sweeps of training seed ``seed`` (the main seed, params ``seed``), and ``ablation.png`` when
+    ``results_dir/ablation`` holds variants. t-SNE and training curves need embeddings / checkpoints: see
+    :func:`plot_tsne`, :func:`plot_training_curves`, :func:`load_histories`."""
     out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
-    runs = load_metrics(results_dir)
+    runs = runs_of_seed(load_metrics(results_dir), seed)
+    if not runs:
+        raise ResultsError(f"no metrics documents of training seed {seed} in {Path(results_dir) / 'metrics'}; the eps "
+                           "sweep is run at the main seed (params `seed`): pass that seed, or run its attack stages")
     curves = eps_curves(runs)
     written = [
         write_atomic(out_dir / "eps_curves.csv", curves.to_csv(index=False, lineterminator="\n")),
         write_atomic(out_dir / "eps_curves_wide.csv", eps_curves_wide(curves).to_csv(index=False, lineterminator="\n")),
     ]
-    plot_robustness_curves(runs, out_dir / "robustness_eps.png")
+    plot_robustness_curves(runs, out_dir / "robustness_eps.png", seed=seed)
     written.append(out_dir / "robustness_eps.png")
     ablation = load_ablation(results_dir)
     if ablation:

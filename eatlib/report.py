@@ -1,11 +1,15 @@
 """The paper's tables (Markdown, LaTeX, CSV) from the pipeline's results JSON.
 
-Reads ``results/metrics/<arch>/<defense>.json`` (the main table) and ``results/ablation/<variant>.json`` (the
-ablation table); the schema is in the team brief ("Results files"). A table is a :class:`pandas.DataFrame`:
+Reads ``results/metrics/<arch>/<defense>/seed<k>.json`` (the main table: one document per training seed, see
+:mod:`eatlib.layout`) and ``results/ablation/<variant>.json`` (the ablation table, one seed); the schema is in the
+team brief ("Results files"). A table is a :class:`pandas.DataFrame`:
 
 - main table: index = row labels (defenses in :data:`CANONICAL_DEFENSES` order, each ensemble followed by its
   members alone as ``"eat (member 1)"``, ...), columns = MultiIndex ``(arch, group, key)`` with groups
-  ``clean`` / ``robust`` (the headline attack) / ``worst`` (minimum over the attack suite) / ``cost``;
+  ``clean`` / ``robust`` (the headline attack) / ``worst`` (minimum over the attack suite) / ``cost`` / ``run``.
+  Every value is the mean over the row's seeds; ``(arch, "run", "seeds")`` counts them, and the keys of
+  :data:`SD_COLUMNS` have a companion ``<key>_sd`` column (the standard deviation over seeds, NaN for one seed)
+  that Markdown and LaTeX show as ``mean ± sd``;
 - ablation table: index = variant names (file stems), columns = MultiIndex ``(group, key)`` with the group
   ``variant`` holding the defense, the architecture and the variant's parameter values.
 
@@ -25,22 +29,28 @@ import numpy as np
 import pandas as pd
 
 from eatlib.atomic import write_atomic
+from eatlib.layout import seed_of
 from eatlib.params import format_eps
 
 CANONICAL_DEFENSES = (
     "standard", "input_transform", "randomization", "bart", "mixup_inference",
-    "pgd_at", "trades", "iat", "adp", "eat",
+    "pgd_at", "pgd_at_matched", "trades", "iat", "adp", "eat",
 )
+# How Markdown, LaTeX and figure legends name a defense whose file name does not say what it is.
+DEFENSE_LABELS = {"pgd_at_matched": "PGD-AT (EAT's compute)"}
 MAIN_METRICS = ("nmi", "ami", "ari", "f1", "recall@1")   # clean and robust columns of the main table
 WORST_METRICS = ("ami", "ari")                           # worst case over the attack suite
 ABLATION_METRICS = ("ami", "ari", "recall@1")
 COST_KEYS = ("train_minutes", "fb_images_millions")
+SD_COLUMNS = (("clean", "ami"), ("clean", "ari"), ("worst", "ami"), ("worst", "ari"))  # shown as mean ± sd
+SD_SUFFIX = "_sd"
 REQUIRED_KEYS = ("arch", "defense", "clean", "attacks", "worst", "headline", "cost", "subset")
 
 DISPLAY_NAMES = {
     "nmi": "NMI", "ami": "AMI", "ari": "ARI", "f1": "F1", "purity": "purity", "recall@1": "R@1",
     "worst": "worst case", "train_minutes": "minutes", "fb_images_millions": "FB img (M)",
 }
+_UNLABELLED_GROUPS = ("variant", "cost", "run")   # headers of these groups are the key alone
 _MEMBER_LABEL = re.compile(r" \(member \d+\)$")
 
 
@@ -50,10 +60,13 @@ class ResultsError(ValueError):
 
 @dataclass(frozen=True)
 class RunResult:
-    """One results JSON file: ``data`` is the parsed file, ``path`` where it came from (for error messages)."""
+    """One results JSON file: ``data`` is the parsed file, ``path`` where it came from (for error messages),
+    ``seed`` the training seed (from the file name ``seed<k>.json``, else the document's ``seed``; None if
+    neither says)."""
 
     path: Path
     data: dict
+    seed: int | None = None
 
     @property
     def arch(self) -> str:
@@ -79,14 +92,21 @@ class RunResult:
 
 # ----------------------------------------------------------------------------------------------------------- loading
 
-def _read_run(path: Path) -> RunResult:
+def _read_run(path: Path, seed: int | None = None) -> RunResult:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ResultsError(f"{path}: cannot read it as JSON ({error}); delete it and re-run its stage") from error
     if not isinstance(data, dict):
         raise ResultsError(f"{path}: expected a JSON object at the top level, found {type(data).__name__}")
-    run = RunResult(path, data)
+    if "seed" in data:
+        if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
+            raise ResultsError(f"{path}: 'seed' must be an integer (the training seed), found {data['seed']!r}")
+        if seed is not None and data["seed"] != seed:
+            raise ResultsError(f"{path}: the document says seed {data['seed']} but the file is named for seed "
+                               f"{seed}; re-run the attack stage that writes it")
+        seed = data["seed"]
+    run = RunResult(path, data, seed)
     for key in REQUIRED_KEYS:
         run.get(key)
     headline = run.get("headline")
@@ -99,14 +119,57 @@ def _read_run(path: Path) -> RunResult:
 
 
 def load_metrics(results_dir: str | Path = "results") -> list[RunResult]:
-    """Every ``<results_dir>/metrics/<arch>/<defense>.json``, validated; raises :class:`ResultsError` if none."""
+    """Every ``<results_dir>/metrics/<arch>/<defense>/seed<k>.json``, validated, in (arch, defense, seed) order;
+    each run's ``seed`` is set. Raises :class:`ResultsError` if there is none, if a file of the old one-seed
+    layout (``<arch>/<defense>.json``) is left, or if a document's arch, defense or seed disagrees with its path."""
     folder = Path(results_dir) / "metrics"
-    paths = sorted(folder.glob("*/*.json"))
+    stale = sorted(folder.glob("*/*.json"))
+    if stale:
+        raise ResultsError(
+            f"{stale[0]}: a file of the old one-seed layout; attack documents now live at "
+            f"{folder}/<arch>/<defense>/seed<k>.json. Move it to {stale[0].with_suffix('')}/seed<k>.json (k = the "
+            "seed it was trained with, params `seed`) or delete it and re-run its stage (dvc repro)"
+        )
+    paths = sorted(folder.glob("*/*/*.json"))
     if not paths:
         raise ResultsError(
-            f"no metrics files in {folder}/<arch>/<defense>.json; run the attack stages first (dvc repro)"
+            f"no metrics files in {folder}/<arch>/<defense>/seed<k>.json; run the attack stages first (dvc repro)"
         )
-    return [_read_run(path) for path in paths]
+    runs = []
+    for path in paths:
+        seed = seed_of(path)
+        if seed is None:
+            raise ResultsError(f"{path}: expected a file named seed<k>.json (k = the training seed) in {path.parent}")
+        run = _read_run(path, seed)
+        if (run.arch, run.defense) != (path.parent.parent.name, path.parent.name):
+            raise ResultsError(f"{path}: the document is {run.arch}/{run.defense} but its folder says "
+                               f"{path.parent.parent.name}/{path.parent.name}; re-run the attack stage that writes it")
+        runs.append(run)
+    return sorted(runs, key=lambda run: (run.arch, run.defense, run.seed))
+
+
+def group_seeds(runs: list[RunResult]) -> dict[tuple[str, str], list[RunResult]]:
+    """``{(arch, defense): [run of each seed, in seed order]}``; two runs of one (arch, defense, seed) are an
+    error."""
+    groups: dict[tuple[str, str], list[RunResult]] = {}
+    for run in runs:
+        group = groups.setdefault((run.arch, run.defense), [])
+        clash = next((other for other in group if other.seed == run.seed), None)
+        if clash is not None:
+            raise ResultsError(f"{run.path} and {clash.path} both hold {run.arch}/{run.defense} seed {run.seed}")
+        group.append(run)
+    return {key: sorted(group, key=lambda run: (run.seed is None, run.seed or 0)) for key, group in groups.items()}
+
+
+def load_seed_runs(results_dir: str | Path = "results") -> dict[tuple[str, str], list[RunResult]]:
+    """:func:`group_seeds` of :func:`load_metrics`: per (arch, defense), the documents of every seed."""
+    return group_seeds(load_metrics(results_dir))
+
+
+def runs_of_seed(runs: list[RunResult], seed: int) -> list[RunResult]:
+    """The runs of one training seed (the main seed, params ``seed``, for the eps sweep and t-SNE): inference and
+    single-seed defenses have their one document there."""
+    return [run for run in runs if run.seed == seed]
 
 
 def load_ablation(results_dir: str | Path = "results") -> list[RunResult]:
@@ -116,6 +179,18 @@ def load_ablation(results_dir: str | Path = "results") -> list[RunResult]:
         if not isinstance(run.get("variant"), dict):
             raise ResultsError(f"{run.path}: 'variant' must be an object of parameter values, e.g. {{\"members\": 5}}")
     return runs
+
+
+def defense_label(defense: str) -> str:
+    """How tables and legends name ``defense`` (:data:`DEFENSE_LABELS`, else its name)."""
+    return DEFENSE_LABELS.get(defense, defense)
+
+
+def row_label(label: str) -> str:
+    """A main-table row label for display: the defense through :func:`defense_label`, a member suffix kept."""
+    match = _MEMBER_LABEL.search(label)
+    stem = label[: match.start()] if match else label
+    return defense_label(stem) + (match[0] if match else "")
 
 
 def defense_order(defenses) -> list[str]:
@@ -175,6 +250,27 @@ def _run_row(run: RunResult) -> dict[tuple, float]:
     return row
 
 
+def _mean_over_seeds(rows: list[dict[tuple, float]]) -> dict[tuple, float]:
+    """Mean of each key over the seeds' rows, the sd over seeds of :data:`SD_COLUMNS` (NaN for one seed), and the
+    number of seeds as ``("run", "seeds")``."""
+    frame = pd.DataFrame([{key: float(value) for key, value in row.items()} for row in rows])
+    means, sds = frame.mean(), frame.std(ddof=1)
+    out = {key: float(means[key]) for key in frame.columns}
+    out |= {(group, key + SD_SUFFIX): float(sds[(group, key)]) for group, key in SD_COLUMNS if (group, key) in out}
+    out[("run", "seeds")] = float(len(rows))
+    return out
+
+
+def _group_columns(group: str, keys: tuple) -> list[tuple[str, str]]:
+    """A group's columns, each key of :data:`SD_COLUMNS` followed by its sd companion."""
+    columns = []
+    for key in keys:
+        columns.append((group, key))
+        if (group, key) in SD_COLUMNS:
+            columns.append((group, key + SD_SUFFIX))
+    return columns
+
+
 def describe_attack(run: RunResult, attack_id: str | None = None, *, eot: bool = True) -> str:
     """``"pgd20_centroid (eps=8/255, norm=linf, steps=20)"`` from the attack's ``spec`` (the headline by default)."""
     attack_id = attack_id or run.get("headline")
@@ -202,14 +298,22 @@ def _eot_note(runs: list[RunResult]) -> str:
     return f" (with EOT over {', '.join(map(str, draws))} draws against randomised defenses)" if draws else ""
 
 
-def _caption(runs: list[RunResult], title: str) -> str:
+def _seeds_note(runs: list[RunResult]) -> str:
+    seeds = sorted({run.seed for run in runs if run.seed is not None})
+    listed = f" ({', '.join(map(str, seeds))})" if seeds else ""
+    return (f"Each row is the mean over its training seeds{listed}, counted in the column seeds; clean and "
+            "worst-case AMI and ARI carry ± the standard deviation over seeds (none with one seed). ")
+
+
+def _caption(runs: list[RunResult], title: str, *, seeds: bool = False) -> str:
     attacks = _one_or_many([describe_attack(run, eot=False) for run in runs], "headline attacks") + _eot_note(runs)
     subsets = _one_or_many([_describe_subset(run) for run in runs], "test subsets")
     suite_sizes = sorted({len(run.get("attacks")) for run in runs})
     suite = f"{suite_sizes[0]} attacks" if len(suite_sizes) == 1 else "each run's attack suite"
     return (
         f"{title}. Clustering inference (k-means, k = number of test classes) on {subsets}. "
-        f"Robust: under the headline attack {attacks}, against the deployed model. "
+        + (_seeds_note(runs) if seeds else "")
+        + f"Robust: under the headline attack {attacks}, against the deployed model. "
         f"Worst case: per-metric minimum over the suite of {suite}. "
         "Cost: training wall time (minutes) and forward-backward images (millions)."
     )
@@ -217,36 +321,39 @@ def _caption(runs: list[RunResult], title: str) -> str:
 
 def main_table(runs: list[RunResult]) -> pd.DataFrame:
     """Rows = defenses (canonical order; ensemble members alone under their ensemble), columns =
-    ``(arch, group, key)``. A defense missing for one architecture has NaN there."""
+    ``(arch, group, key)``: the mean over each (arch, defense)'s seeds, sd companions for :data:`SD_COLUMNS` and
+    the number of seeds (see the module docstring). A defense missing for one architecture has NaN there."""
     if not runs:
         raise ResultsError("no results to tabulate; run the attack stages first (dvc repro)")
-    seen: dict[tuple, Path] = {}
-    for run in runs:
-        if (run.arch, run.defense) in seen:
-            raise ResultsError(f"{run.path} and {seen[(run.arch, run.defense)]} both hold {run.arch}/{run.defense}")
-        seen[(run.arch, run.defense)] = run.path
+    groups = group_seeds(runs)
     archs = sorted({run.arch for run in runs})
-    by_key = {(run.arch, run.defense): run for run in runs}
     rows: dict[str, dict] = {}
     for defense in defense_order(run.defense for run in runs):
         rows[defense] = {}
         members: dict[str, dict] = {}
         for arch in archs:
-            run = by_key.get((arch, defense))
-            if run is None:
+            seed_runs = groups.get((arch, defense))
+            if not seed_runs:
                 continue
-            rows[defense] |= {(arch, *key): value for key, value in _run_row(run).items()}
-            for label, row in _member_rows(run).items():
-                members.setdefault(label, {}).update({(arch, *key): value for key, value in row.items()})
+            rows[defense] |= {(arch, *key): v for key, v in _mean_over_seeds([_run_row(r) for r in seed_runs]).items()}
+            per_member: dict[str, list[dict]] = {}
+            for run in seed_runs:
+                for label, row in _member_rows(run).items():
+                    per_member.setdefault(label, []).append(row)
+            for label, member_rows in per_member.items():
+                members.setdefault(label, {}).update(
+                    {(arch, *key): value for key, value in _mean_over_seeds(member_rows).items()})
         rows.update(members)
-    groups = [("clean", MAIN_METRICS), ("robust", MAIN_METRICS), ("worst", WORST_METRICS), ("cost", COST_KEYS)]
+    layout = [("clean", MAIN_METRICS), ("robust", MAIN_METRICS), ("worst", WORST_METRICS), ("cost", COST_KEYS),
+              ("run", ("seeds",))]
     columns = pd.MultiIndex.from_tuples(
-        [(arch, group, key) for arch in archs for group, keys in groups for key in keys],
+        [(arch, *column) for arch in archs for group, keys in layout for column in _group_columns(group, keys)],
         names=["arch", "group", "key"],
     )
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=columns).astype(float)
     table.index.name = "defense"
-    table.attrs["caption"] = _caption(runs, "Clean and robust clustering and retrieval scores per defense")
+    table.attrs["caption"] = _caption(runs, "Clean and robust clustering and retrieval scores per defense",
+                                      seeds=True)
     table.attrs["label"] = "tab:main"
     return table
 
@@ -292,8 +399,28 @@ def _format_value(value, column: tuple) -> str:
         return str(bool(value)).lower()
     if isinstance(value, str) or column[-2] == "variant":
         return f"{value:g}" if isinstance(value, float | np.floating) else str(value)
+    if column[-1] == "seeds":
+        return str(int(value))
     decimals = {"train_minutes": 1, "fb_images_millions": 2}.get(column[-1], 3)
     return f"{float(value):.{decimals}f}"
+
+
+def _is_sd(column: tuple) -> bool:
+    return str(column[-1]).endswith(SD_SUFFIX)
+
+
+def shown_columns(table: pd.DataFrame) -> list[tuple]:
+    """The columns Markdown and LaTeX show: all but the sd companions (they join their mean's cell)."""
+    return [column for column in table.columns if not _is_sd(column)]
+
+
+def _cell_text(values: pd.Series, column: tuple) -> str:
+    """A cell's text: the value, with `` ± sd`` where the column has an sd companion that is a number."""
+    text = _format_value(values[column], column)
+    sd = values.get((*column[:-1], f"{column[-1]}{SD_SUFFIX}"))
+    if sd is not None and not (isinstance(sd, float | np.floating) and math.isnan(sd)) and text != "–":
+        text += f" ± {_format_value(sd, column)}"
+    return text
 
 
 def _best_cells(table: pd.DataFrame) -> set[tuple]:
@@ -301,7 +428,7 @@ def _best_cells(table: pd.DataFrame) -> set[tuple]:
     best = set()
     rows = [label for label in table.index if not is_member_row(str(label))]
     for column in table.columns:
-        if column[-2] not in ("clean", "robust", "worst"):
+        if column[-2] not in ("clean", "robust", "worst") or _is_sd(column):
             continue
         values = pd.to_numeric(table.loc[rows, column], errors="coerce")
         if values.notna().sum() < 2:
@@ -315,18 +442,19 @@ def _header(column: tuple) -> str:
     """Flat header text of a (group, key) column: ``"clean NMI"``, ``"members"`` for variant parameters."""
     group, key = column[-2:]
     name = DISPLAY_NAMES.get(key, key)
-    return name if group in ("variant", "cost") else f"{DISPLAY_NAMES.get(group, group)} {name}"
+    return name if group in _UNLABELLED_GROUPS else f"{DISPLAY_NAMES.get(group, group)} {name}"
 
 
 def _markdown_block(table: pd.DataFrame, best: set[tuple], bold: bool) -> list[str]:
-    header = [table.index.name or ""] + [_header(column) for column in table.columns]
-    numeric = [pd.api.types.is_numeric_dtype(table[column]) for column in table.columns]
+    shown = shown_columns(table)
+    header = [table.index.name or ""] + [_header(column) for column in shown]
+    numeric = [pd.api.types.is_numeric_dtype(table[column]) for column in shown]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
     for label, values in table.iterrows():
         label = str(label)
-        cells = [f"&emsp;{label}" if is_member_row(label) else label]
-        for column, value in zip(table.columns, values, strict=True):
-            text = _format_value(value, column).replace("|", "\\|")
+        cells = [f"&emsp;{row_label(label)}" if is_member_row(label) else row_label(label)]
+        for column in shown:
+            text = _cell_text(values, column).replace("|", "\\|")
             cells.append(f"**{text}**" if bold and (label, column) in best else text)
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -350,7 +478,7 @@ def markdown_table(table: pd.DataFrame, *, bold_best: bool = True) -> str:
 
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "ε": r"$\varepsilon$", "–": "--",
+    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "ε": r"$\varepsilon$", "–": "--", "±": r"$\pm$",
 }
 
 
@@ -374,8 +502,9 @@ def latex_table(table: pd.DataFrame, *, bold_best: bool = True) -> str:
     """A booktabs ``table*`` (needs only the booktabs and multirow packages): one header row per column level,
     grouped with ``\\multicolumn`` and ``\\cmidrule``; members indented; best score per column in bold."""
     best = _best_cells(table) if bold_best else set()
+    shown = shown_columns(table)
     levels = table.columns.nlevels
-    n = len(table.columns)
+    n = len(shown)
     lines = [
         r"\begin{table*}[t]", r"\centering", r"\scriptsize", r"\setlength{\tabcolsep}{3pt}",
         rf"\caption{{{latex_escape(table.attrs.get('caption', ''))}}}",
@@ -383,14 +512,14 @@ def latex_table(table: pd.DataFrame, *, bold_best: bool = True) -> str:
         r"\begin{tabular}{l" + "r" * n + "}", r"\toprule",
     ]
     for level in range(levels):
-        values = list(table.columns.get_level_values(level))
+        values = [column[level] for column in shown]
         first = rf"\multirow{{{levels}}}{{*}}{{{latex_escape(table.index.name or '')}}}" if level == 0 else ""
         cells, rules = [first], []
         if level == levels - 1:
             cells += [latex_escape(DISPLAY_NAMES.get(v, v)) for v in values]
         else:
             # A group spans the columns below it only where the higher levels agree too.
-            keys = [tuple(column[: level + 1]) for column in table.columns]
+            keys = [tuple(column[: level + 1]) for column in shown]
             for key, start, end in _spans(keys):
                 name = latex_escape(DISPLAY_NAMES.get(key[-1], key[-1]))
                 cells.append(rf"\multicolumn{{{end - start + 1}}}{{c}}{{{name}}}" if end > start else name)
@@ -401,9 +530,9 @@ def latex_table(table: pd.DataFrame, *, bold_best: bool = True) -> str:
     lines.append(r"\midrule")
     for label, values in table.iterrows():
         label = str(label)
-        cells = [(r"\quad " if is_member_row(label) else "") + latex_escape(label)]
-        for column, value in zip(table.columns, values, strict=True):
-            text = latex_escape(_format_value(value, column))
+        cells = [(r"\quad " if is_member_row(label) else "") + latex_escape(row_label(label))]
+        for column in shown:
+            text = latex_escape(_cell_text(values, column))
             cells.append(rf"\textbf{{{text}}}" if (label, column) in best else text)
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table*}", ""]

@@ -1,6 +1,6 @@
 """The compact summary of an attack document: the few numbers DVC shows (``dvc metrics show``, ``dvc exp show``).
 
-The full document (``results/metrics/<arch>/<defense>.json``, ``results/ablation/<variant>.json``) carries every
+The full document (``results/metrics/<arch>/<defense>/seed<k>.json``, ``results/ablation/<variant>.json``) carries every
 attack, spec, timing and config; registered as DVC metrics it makes a table of hundreds of columns. The summary keeps
 clean, headline-attack and worst-case AMI, ARI and Recall@1, and what the run cost, under flat keys.
 """
@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from eatlib import checkpoint
+from eatlib.layout import seed_of
 
 # Short keys, because `dvc metrics show` makes one column per key and sorts them: ami, ami_atk, ami_min, ari, ...
 SCORES = {"ami": "ami", "ari": "ari", "r@1": "recall@1"}  # summary name -> key of the document's score dicts
@@ -43,26 +44,29 @@ def summarize(document: dict) -> dict[str, float | int]:
 
 
 def summary_path(document_path: str | Path, results: str | Path = "results") -> Path:
-    """Where the summary of ``document_path`` goes: ``results/summary/<arch>/<defense>.json`` for
-    ``results/metrics/<arch>/<defense>.json`` and ``results/summary/ablation/<variant>.json`` for
-    ``results/ablation/<variant>.json``. Outside those folders, so that the report's readers (which read every
-    JSON file there) never meet a summary."""
+    """Where the summary of ``document_path`` goes: ``results/summary/<arch>/<defense>/seed<k>.json`` for
+    ``results/metrics/<arch>/<defense>/seed<k>.json`` (the same as :func:`eatlib.layout.summary_path`) and
+    ``results/summary/ablation/<variant>.json`` for ``results/ablation/<variant>.json``. Outside those folders,
+    so that the report's readers (which read every JSON file there) never meet a summary."""
     path, results = Path(document_path), Path(results)
     try:
         relative = path.relative_to(results)
     except ValueError:
         relative = None
-    if relative is not None and relative.parts[0] == "metrics" and len(relative.parts) == 3:
-        return results / "summary" / relative.parts[1] / relative.name
+    if (relative is not None and relative.parts[0] == "metrics" and len(relative.parts) == 4
+            and seed_of(relative) is not None and relative.suffix == ".json"):
+        return results / "summary" / Path(*relative.parts[1:])
     if relative is not None and relative.parts[0] == "ablation" and len(relative.parts) == 2:
         return results / "summary" / "ablation" / relative.name
-    raise SummaryError(f"{path}: not an attack document; expected {results}/metrics/<arch>/<defense>.json or "
-                       f"{results}/ablation/<variant>.json")
+    raise SummaryError(f"{path}: not an attack document; expected {results}/metrics/<arch>/<defense>/seed<k>.json "
+                       f"or {results}/ablation/<variant>.json")
 
 
-def write_summary(document_path: str | Path, results: str | Path = "results") -> Path:
-    """Summarise the attack document at ``document_path`` into :func:`summary_path`; returns that path."""
-    out = summary_path(document_path, results)
+def write_summary(document_path: str | Path, results: str | Path = "results", *,
+                  out_path: str | Path | None = None) -> Path:
+    """Summarise the attack document at ``document_path`` into ``out_path`` (default :func:`summary_path`, which
+    takes the seed from the document's file name); returns that path."""
+    out = Path(out_path) if out_path is not None else summary_path(document_path, results)
     checkpoint.write_json(summarize(checkpoint.read_json(document_path)), out)
     return out
 
@@ -77,6 +81,6 @@ def _get(mapping: dict, *keys: str):
     return value
 
 
-if __name__ == "__main__":  # python -m eatlib.summary results/metrics/*/*.json results/ablation/*.json
+if __name__ == "__main__":  # python -m eatlib.summary results/metrics/*/*/seed*.json results/ablation/*.json
     for document in sys.argv[1:]:
         print(write_summary(document))

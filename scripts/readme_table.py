@@ -1,5 +1,8 @@
 """Copy the main results table into README.md, between its two marker comments.
 
+The table is ``results/tables/main.md`` as :func:`eatlib.report.write_tables` writes it: per defense, the mean over
+its training seeds, ``mean ± sd`` over seeds for clean and worst-case AMI/ARI, and a ``seeds`` column.
+
     python scripts/readme_table.py [--readme README.md] [--table results/tables/main.md]
 
 Only the text between ``<!-- results:main:start -->`` and ``<!-- results:main:end -->`` changes, so running it

@@ -30,7 +30,9 @@ def _history(epochs: int, offset: float) -> list[dict]:
 
 def _pipeline_histories() -> tuple[dict, dict]:
     """What the report stage passes to write_training_curves_csv for the params.yaml pipeline."""
-    archs, defenses = PARAMS["pipeline"]["archs"], PARAMS["pipeline"]["trained_defenses"]
+    archs = PARAMS["pipeline"]["archs"]
+    defenses = [d for c in PARAMS["pipeline"]["compared"] for d in ([c, "pgd_at_matched"] if c == "pgd_at" else [c])]
+    defenses += PARAMS["pipeline"]["single_seed"]
     training = {a: {d: _history(PARAMS["train"]["epochs"], i / 10) for i, d in enumerate(defenses)} for a in archs}
     pretrain = {a: {"pretrain": _history(PARAMS["pretrain"]["epochs"], 0)} for a in archs}
     return training, pretrain

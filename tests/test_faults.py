@@ -40,7 +40,7 @@ def tiny_params(folder: Path, *, images_per_class: int = 8, **train) -> Path:
         "data": {"name": "glyphs", "prepared": str(folder / "prepared"), "image_size": 16,
                  "options": {"num_classes": 12, "images_per_class": images_per_class}},
         "models": {"small": {"arch": "cnn4", "embedding_dim": 16, "options": {"width": 4}}},
-        "pipeline": {"archs": ["small"], "trained_defenses": ["standard"]},
+        "pipeline": {"archs": ["small"], "compared": ["standard", "pgd_at", "eat"]},
         "train": {"epochs": 3, "batch_size": 8, "samples_per_class": 4, "lr": 0.003, "warmup_epochs": 0,
                   "lr_milestones": [2], **train},
         "attacks": {"headline": {"name": "fgsm", "optimizer": "fgsm", "eps": "8/255", "objective": "embedding_shift"}},

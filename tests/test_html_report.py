@@ -11,8 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from test_report import write_synthetic_results
+from test_report import SEEDS, _result, write_run, write_synthetic_results
 
 from eatlib import html_report, plots, report
 from eatlib.report import ResultsError
@@ -40,8 +41,14 @@ def results(tmp_path_factory) -> Path:
     """Synthetic results as the report stage leaves them: tables, figures (PNG + CSV), timings, params."""
     root = tmp_path_factory.mktemp("run") / "results"
     write_synthetic_results(root)
+    for seed in SEEDS:   # PGD-AT at EAT's compute, on one architecture only
+        write_run(root, _result(np.random.default_rng(10 + seed), "resnet", "pgd_at_matched", seed=seed))
     report.write_tables(root)
-    plots.write_figures(root)
+    plots.write_figures(root, seed=0)
+    (root / "tables" / "sanity.md").write_text("# Sanity checks\n\n| check | result |\n|---|---|\n"
+                                               "| attacks lower the score | pass |\n")
+    (root / "tables" / "verdict.md").write_text("*Paired differences over seeds.*\n\n| arch | reading |\n"
+                                                "|---|---|\n| resnet | ahead |\n")
     _tiny_png(root / "figures" / "tsne_resnet_eat.png")
     _tiny_png(root / "figures" / "training_resnet.png", 3.0)
     _tiny_png(root / "figures" / "verdict.png")
@@ -85,6 +92,41 @@ def test_without_a_verdict_eat_against_pgd_at_leads(results):
     assert f"{diff:+.3f}" in focus and "eat − pgd_at" in focus
 
 
+def test_the_focus_shows_means_sds_seeds_and_pgd_at_at_eats_compute(results):
+    page = _build(results)
+    focus = page.split('id="eat-vs-pgd-at"')[1].split("</section>")[0]
+    table = report.read_csv_table(results / "tables" / "main.csv")
+    mean, sd = table.loc["pgd_at", ("resnet", "worst", "ami")], table.loc["pgd_at", ("resnet", "worst", "ami_sd")]
+    assert f"{mean:.3f} ± {sd:.3f}" in focus
+    diff = table.loc["eat", ("resnet", "robust", "ari")] - table.loc["pgd_at_matched", ("resnet", "robust", "ari")]
+    assert "PGD-AT (EAT&#x27;s compute)" in focus and "eat − pgd_at_matched" in focus and f"{diff:+.3f}" in focus
+    resnet, mobilenet = focus.split('rowspan="5">resnet')[1], focus.split('rowspan="3">mobilenet')[1]
+    assert "pgd_at_matched" in resnet.split("mobilenet")[0] and "pgd_at_matched" not in mobilenet.split("resnet")[0]
+    assert '<td class="num">3</td></tr>' in focus   # the seeds column
+
+
+def test_per_metric_verdict_entries_and_extra_keys_are_rendered(results):
+    per_metric = {"resnet": {"eat_vs_pgd_at_matched": {
+        "ami": {"diff_mean": 0.031, "ci95": [0.01, 0.05], "eval_ci95": [0.02, 0.04], "seeds": 3, "reading": "ahead",
+                "p_value": 0.02},
+        "ari": {"metric": "ari", "diff_mean": -0.004, "ci95": [-0.03, 0.02], "eval_ci95": [-0.01, 0.0],
+                "seeds": 3, "reading": "indistinguishable"},
+        "note": "paired over seeds"}}}
+    verdict = page_section(_build(results, per_metric), "verdict")
+    assert verdict.count("<tr><td>resnet</td><td>eat_vs_pgd_at_matched</td>") == 2
+    assert "<td>AMI</td>" in verdict and "<td>ARI</td>" in verdict and "+0.031" in verdict and "-0.004" in verdict
+    broken = json.loads(json.dumps(per_metric))
+    del broken["resnet"]["eat_vs_pgd_at_matched"]["ari"]["eval_ci95"]
+    with pytest.raises(ResultsError, match=r"'resnet\.eat_vs_pgd_at_matched\.ari\.eval_ci95' is missing"):
+        _build(results, broken)
+    with pytest.raises(ResultsError, match=r"'resnet\.x' must be an object with keys .* or one such object per"):
+        _build(results, {"resnet": {"x": {"note": "nothing"}}})
+
+
+def page_section(page: str, anchor: str) -> str:
+    return page.split(f'id="{anchor}"')[1].split("</section>")[0]
+
+
 def test_a_verdict_comes_first_with_its_intervals_and_readings(results):
     page = _build(results, VERDICT)
     assert _section_ids(page)[:2] == ["verdict", "eat-vs-pgd-at"]
@@ -121,7 +163,12 @@ def test_every_table_figure_and_the_params_and_cost_are_in_the_page(results):
         caption = (results / "tables" / f"{name}.md").read_text().splitlines()[0].strip("*")
         assert html.escape(caption.split(".")[0]) in page
         assert f'id="table-{name}"' in page and f'download="{name}.csv"' in page
-    rows = page.split('id="table-main"')[1].split('id="table-ablation"')[0]
+    # The verdict and sanity tables come right after the main table, before the ablation.
+    assert page.index('id="table-main"') < page.index('id="table-verdict"') < page.index('id="table-sanity"') \
+        < page.index('id="table-ablation"')
+    sanity = page.split('id="table-sanity"')[1].split("<h3")[0]
+    assert "<h4>Sanity checks</h4>" in sanity and "<td>attacks lower the score</td>\n<td>pass</td>" in sanity
+    rows = page.split('id="table-main"')[1].split('id="table-verdict"')[0]
     assert rows.count('<tr class="member">') == 2 * 3          # eat's 3 members, per architecture
     assert "&lt;the seed &amp; co&gt;" in page                  # params.yaml, escaped
     assert "17.7 minutes" in page                               # 1062 s in all

@@ -81,12 +81,13 @@ def paper_smoke_overrides() -> list[str]:
     paper = overlay(PARAMS, PAPER)
     shrink = {
         "models": {name: {"pretrained": False, "embedding_dim": 16} for name in paper["models"]},
-        "pipeline": {"archs": ["resnet", "mobilenet"], "trained_defenses": ["standard", "eat"],
-                     "inference_defenses": []},
+        "pipeline": {"archs": ["resnet", "mobilenet"], "seeds": [0], "compared": ["standard", "pgd_at", "eat"],
+                     "single_seed": [], "inference_defenses": []},
         "data": {"val_fraction": 0.2},
         "train": {"epochs": 1, "batch_size": 8, "samples_per_class": 4, "lr_milestones": []},
         "pretrain": {"epochs": 1, "lr_milestones": []},
-        "defenses": {"eat": {"members": 2, "attack": {"steps": 1, "warmup_epochs": 0}}},
+        "defenses": {"eat": {"members": 2, "attack": {"steps": 1, "warmup_epochs": 0}},
+                     "pgd_at": {"attack": {"steps": 1, "warmup_epochs": 0}}},
         "attacks": {"subset": 12, "batch_size": 12, "sweep_eps": ["8/255"], "headline": {"steps": 1}, "suite": []},
     }
     args = overrides(shrink, paper)
@@ -115,7 +116,7 @@ def test_make_paper_reaches_the_dataset_check_and_runs_with_the_shipped_params(t
     assert summary["dataset"] == "cub200" and summary["image_size"] == 224
     assert summary["splits"]["test"] == {"images": fake.test_images, "classes": 4}
     for arch in ("resnet", "mobilenet"):
-        result = json.loads((tmp_path / f"results/metrics/{arch}/eat.json").read_text())
+        result = json.loads((tmp_path / f"results/metrics/{arch}/eat/seed0.json").read_text())
         assert result["config"]["model"]["embedding_dim"] == 16 and 0 <= result["clean"]["nmi"] <= 1
     main = (tmp_path / "results/tables/main.md").read_text()
     assert "| eat |" in main and (tmp_path / "results/figures/robustness_eps.png").stat().st_size > 1000

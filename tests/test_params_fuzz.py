@@ -66,7 +66,9 @@ MUTATIONS = [
     ("evaluation.batch_size", 0, ["evaluation.batch_size", "0"]),
     # pipeline
     ("pipeline.archs", ["vgg"], ["pipeline.archs", "'vgg'"]),
-    ("pipeline.trained_defenses", ["standard", "madry"], ["pipeline.trained_defenses[1]", "'madry'"]),
+    ("pipeline.compared", ["standard", "pgd_at", "eat", "madry"], ["pipeline.compared[3]", "'madry'"]),
+    ("pipeline.single_seed", ["madry"], ["pipeline.single_seed[0]", "'madry'"]),
+    ("pipeline.seeds", [5], ["pipeline.seeds", "[5]"]),
     ("pipeline.inference_defenses", ["median"], ["pipeline.inference_defenses[0]", "'median'"]),
     # defenses
     ("defenses.armor", {}, ["defenses", "'armor'"]),
@@ -90,11 +92,14 @@ MUTATIONS = [
     ("attacks.eot_samples", 0, ["attacks.eot_samples", "0"]),
     # ablation
     ("ablation.arch", "vgg", ["ablation.arch", "'vgg'"]),
-    ("ablation.variants.eat_members_2.defense", "madry", ["ablation.variants.eat_members_2.defense", "'madry'"]),
-    ("ablation.variants.eat_members_2.options.members", 1, ["ablation.variants.eat_members_2.options.members", "1"]),
-    ("ablation.variants.eat_split_none.options.splt", "none", ["ablation.variants.eat_split_none.options", "'splt'"]),
-    ("ablation.variants.pgd_at_compute_matched.match_compute", "eat_x",
-     ["ablation.variants.pgd_at_compute_matched.match_compute", "'eat_x'"]),
+    ("ablation.variants.eat_aggregate_mean.defense", "madry",
+     ["ablation.variants.eat_aggregate_mean.defense", "'madry'"]),
+    ("ablation.variants.eat_aggregate_mean.options.members", 1,
+     ["ablation.variants.eat_aggregate_mean.options.members", "1"]),
+    ("ablation.variants.eat_aggregate_mean.options.splt", "none",
+     ["ablation.variants.eat_aggregate_mean.options", "'splt'"]),
+    ("ablation.variants.eat_aggregate_mean.match_compute", "eat_x",
+     ["ablation.variants.eat_aggregate_mean.match_compute", "'eat_x'"]),
 ]
 
 

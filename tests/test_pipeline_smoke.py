@@ -26,8 +26,8 @@ def tiny_profile(params: dict) -> dict:
     # fastest network.
     params["models"] = {name: {"arch": "cnn4", "embedding_dim": 16, "options": {"width": 4}}
                         for name in ("resnet", "mobilenet")}
-    params["pipeline"] = {"archs": ["resnet", "mobilenet"], "trained_defenses": ["standard", "pgd_at", "eat"],
-                          "inference_defenses": ["randomization"]}
+    params["pipeline"] = {"archs": ["resnet", "mobilenet"], "seeds": [0, 1], "compared": ["standard", "pgd_at", "eat"],
+                          "single_seed": [], "inference_defenses": ["randomization"]}
     params["train"].update(epochs=2, batch_size=8, samples_per_class=4, lr_milestones=[2])
     params["pretrain"] = {"epochs": 1, "lr_milestones": []}
     for defense in ("pgd_at", "eat"):
@@ -36,12 +36,12 @@ def tiny_profile(params: dict) -> dict:
     # compute-matched run has a schedule of its own
     params["defenses"]["pgd_at"]["attack"]["steps"] = 2
     params["defenses"]["eat"]["members"] = 2
-    params["attacks"].update(subset=24, eot_samples=2, sweep_eps=["4/255", "8/255"], batch_size=24)
+    params["attacks"].update(subset=24, eot_samples=2, sweep_eps=["4/255", "8/255"], batch_size=24, kmeans_seeds=2,
+                             bootstrap=20)
     params["attacks"]["headline"]["steps"] = 1
     params["attacks"]["suite"] = [{"name": "fgsm_centroid_random", "optimizer": "fgsm", "eps": "8/255",
                                    "objective": "centroid", "target": "random"}]
-    params["ablation"]["variants"] = {"pgd_at_compute_matched": {"defense": "pgd_at", "match_compute": "eat"},
-                                      "eat_aggregate_mean": {"defense": "eat", "options": {"aggregate": "mean"}}}
+    params["ablation"]["variants"] = {"eat_aggregate_mean": {"defense": "eat", "options": {"aggregate": "mean"}}}
     return params
 
 
@@ -101,61 +101,82 @@ def repo(tmp_path_factory):
     return copy, params, env, dvc
 
 
+def _doc(copy: Path, arch: str, defense: str, seed: int = 0) -> dict:
+    return json.loads((copy / f"results/metrics/{arch}/{defense}/seed{seed}.json").read_text())
+
+
 def test_every_declared_output_exists_and_parses(repo):
     copy, params, _, _ = repo
-    archs, trained = params["pipeline"]["archs"], params["pipeline"]["trained_defenses"]
-    defenses = trained + params["pipeline"]["inference_defenses"]
+    pipeline = params["pipeline"]
+    archs, seeds = pipeline["archs"], pipeline["seeds"]
+    trained = ["standard", "pgd_at", "pgd_at_matched", "eat"]
     for arch in archs:
-        for defense in defenses:
-            result = json.loads((copy / f"results/metrics/{arch}/{defense}.json").read_text())
+        runs = [(d, s) for d in trained for s in seeds] + [(d, 0) for d in pipeline["inference_defenses"]]
+        for defense, seed in runs:
+            result = _doc(copy, arch, defense, seed)
+            assert result["seed"] == seed and result["subset"]["seed"] == params["seed"]
             for section in ("clean", "worst", *(f"attacks.{a}" for a in result["attacks"])):
                 scores = result
                 for key in section.split("."):
                     scores = scores[key]
                 assert {"nmi", "ami", "ari", "f1", "purity", "recall@1"} <= set(scores), (arch, defense, section)
+            # Evaluation noise: k-means seeds and class-bootstrap replicates beside the clean and worst scores.
+            assert set(result["noise"]) == {"clean", "worst"}
             # Randomised inference defenses, and only they, are attacked with EOT (every attack of the suite).
             randomized = defense in ("randomization", "bart", "mixup_inference")
             assert result["randomized"] is randomized, (arch, defense)
+            # (Transfer attacks are crafted on a deterministic source model: no EOT.)
             eot = {name: attack["spec"]["eot"] for name, attack in result["attacks"].items()}
-            assert eot == {name: params["attacks"]["eot_samples"] if randomized else 1 for name in eot}, eot
-            if randomized:  # EOT makes the sweep eot_samples times dearer: off unless asked
+            expected = {name: params["attacks"]["eot_samples"] if randomized and not attack.get("source") else 1
+                        for name, attack in result["attacks"].items()}
+            assert eot == expected, eot
+            if randomized or seed != params["seed"]:  # the sweep: main seed only, and randomised ones on request
                 assert "sweep" not in result and not params["attacks"]["eot_sweep"]
             else:
                 assert len(result["sweep"]["metrics"]) == len(params["attacks"]["sweep_eps"])
         for defense in trained:
-            assert (copy / f"results/models/{arch}/{defense}.pt").stat().st_size > 0
+            for seed in seeds:
+                assert (copy / f"results/models/{arch}/{defense}/seed{seed}.pt").stat().st_size > 0
         assert (copy / f"results/figures/training_{arch}.png").stat().st_size > 0
-    eat = json.loads((copy / "results/metrics/resnet/eat.json").read_text())
-    assert sorted(eat["members"]) == ["0", "1"]
-    ablation = json.loads((copy / "results/ablation/pgd_at_compute_matched.json").read_text())
-    assert ablation["variant"]["match_compute"] == "eat"
+    # The attacked images are the same for every seed; the trained models differ.
+    first, second = _doc(copy, "resnet", "eat", 0), _doc(copy, "resnet", "eat", 1)
+    assert sorted(first["members"]) == ["0", "1"] and first["subset"] == second["subset"]
+    assert first["clean"] != second["clean"]
     # Aggregation alone is not retrained: the main EAT run's members, its cost, and no model of its own.
     mean = json.loads((copy / "results/ablation/eat_aggregate_mean.json").read_text())
-    assert mean["reuses"].endswith("models/resnet/eat.pt") and mean["cost"] == eat["cost"]
+    assert mean["reuses"].endswith("models/resnet/eat/seed0.pt") and mean["cost"] == first["cost"]
     assert not (copy / "results/ablation/models/eat_aggregate_mean.pt").exists()
-    assert mean["clean"] != eat["clean"]  # mean of the members' embeddings, not their concatenation
+    assert mean["clean"] != first["clean"]  # mean of the members' embeddings, not their concatenation
     for table in ("main", "ablation"):
         for ext in ("md", "tex", "csv"):
             assert (copy / f"results/tables/{table}.{ext}").stat().st_size > 0
     main = (copy / "results/tables/main.md").read_text()
-    assert all(f"| {defense} |" in main for defense in defenses)
-    for figure in ("robustness_eps", "ablation", "contact_sheet", "tsne_resnet_standard", "tsne_resnet_eat"):
+    from eatlib.report import defense_label
+
+    assert all(f"| {defense_label(d)} |" in main for d in trained + pipeline["inference_defenses"]), main
+    sanity = (copy / "results/tables/sanity.md").read_text()
+    assert all(f"{arch} / {d}" in sanity for arch in archs for d in ("standard", "eat")), sanity
+    for figure in ("robustness_eps", "contact_sheet", "tsne_resnet_standard", "tsne_resnet_eat", "verdict"):
         assert (copy / f"results/figures/{figure}.png").stat().st_size > 1000
+    verdict = json.loads((copy / "results/verdict.json").read_text())
+    assert set(verdict) >= set(archs)
+    assert (copy / "results/tables/verdict.md").read_text() == (copy / "results/verdict/verdict.md").read_text()
     timings = json.loads((copy / "results/timings.json").read_text())
-    assert timings["total"] > 0 and "train/resnet/eat" in timings
+    assert timings["total"] > 0 and "train/resnet/eat/seed1" in timings
     for notebook in (copy / "results/notebooks").rglob("*.ipynb"):
         assert json.loads(notebook.read_text())["cells"], notebook
 
 
 def test_compute_matched_baseline_spent_the_budget_of_eat(repo):
     copy, params, *_ = repo
-    eat = json.loads((copy / "results/metrics/resnet/eat.json").read_text())["cost"]
-    matched = json.loads((copy / "results/ablation/pgd_at_compute_matched.json").read_text())["cost"]
-    pgd_at = json.loads((copy / "results/metrics/resnet/pgd_at.json").read_text())["cost"]
-    per_epoch = pgd_at["forward_backward_images"] / pgd_at["epochs"]
-    expected = max(1, round(eat["forward_backward_images"] / per_epoch))
-    assert pgd_at["epochs"] == params["train"]["epochs"] and matched["epochs"] == expected != pgd_at["epochs"]
-    assert abs(matched["forward_backward_images"] - eat["forward_backward_images"]) <= per_epoch / 2
+    for seed in params["pipeline"]["seeds"]:
+        eat = _doc(copy, "resnet", "eat", seed)["cost"]
+        matched = _doc(copy, "resnet", "pgd_at_matched", seed)["cost"]
+        pgd_at = _doc(copy, "resnet", "pgd_at", seed)["cost"]
+        per_epoch = pgd_at["forward_backward_images"] / pgd_at["epochs"]
+        expected = max(1, round(eat["forward_backward_images"] / per_epoch))
+        assert pgd_at["epochs"] == params["train"]["epochs"] and matched["epochs"] == expected != pgd_at["epochs"]
+        assert abs(matched["forward_backward_images"] - eat["forward_backward_images"]) <= per_epoch / 2
 
 
 def test_a_second_repro_does_nothing_and_status_is_clean(repo):
@@ -167,19 +188,20 @@ def test_a_second_repro_does_nothing_and_status_is_clean(repo):
 
 def test_editing_one_eat_param_reruns_only_the_stages_that_read_it_and_the_rerun_succeeds(repo):
     copy, params, env, dvc = repo
-    before = {arch: digest(copy / f"results/models/{arch}/eat.pt") for arch in ("resnet", "mobilenet")}
-    standard = digest(copy / "results/models/resnet/standard.pt")
+    before = {arch: digest(copy / f"results/models/{arch}/eat/seed0.pt") for arch in ("resnet", "mobilenet")}
+    standard = digest(copy / "results/models/resnet/standard/seed0.pt")
     params["defenses"]["eat"]["transfer"] = "ensemble"
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = set(json.loads(_run([*dvc, "status", "--json"], copy, env)))
-    assert {"train@resnet-eat", "train@mobilenet-eat"} <= changed
+    assert {"train@resnet-eat-0", "train@mobilenet-eat-1"} <= changed
     assert not {stage for stage in changed if "standard" in stage or "pgd_at" in stage.split("@")[1].split("-")}
+    assert {"train-matched@resnet-0", "attack-matched@mobilenet-1"} <= changed  # its budget is EAT's
     _run([*dvc, "repro"], copy, env)  # an interrupted-run checkpoint of the old configuration must not block it
     for arch in ("resnet", "mobilenet"):
-        assert digest(copy / f"results/models/{arch}/eat.pt") != before[arch]  # retrained: another model
-        config = json.loads((copy / f"results/metrics/{arch}/eat.json").read_text())["config"]
+        assert digest(copy / f"results/models/{arch}/eat/seed0.pt") != before[arch]  # retrained: another model
+        config = _doc(copy, arch, "eat")["config"]
         assert config["defense_options"]["transfer"] == "ensemble"
-    assert digest(copy / "results/models/resnet/standard.pt") == standard
+    assert digest(copy / "results/models/resnet/standard/seed0.pt") == standard
     assert "up to date" in _run([*dvc, "status"], copy, env)
     commit(copy, env, "transfer: ensemble")
 
@@ -187,8 +209,8 @@ def test_editing_one_eat_param_reruns_only_the_stages_that_read_it_and_the_rerun
 def test_dvc_exp_run_with_a_changed_ensemble_size_after_a_run(repo):
     copy, _, env, dvc = repo
     out = _run([*dvc, "exp", "run", "-S", "defenses.eat.members=3"], copy, env)
-    assert "Running stage 'train@resnet-eat'" in out
-    model = json.loads((copy / "results/metrics/resnet/eat.json").read_text())
+    assert "Running stage 'train@resnet-eat-0'" in out
+    model = _doc(copy, "resnet", "eat", 1)
     assert sorted(model["members"]) == ["0", "1", "2"]
     assert yaml.safe_load((copy / "params.yaml").read_text())["defenses"]["eat"]["members"] == 3
 
@@ -208,11 +230,11 @@ def _kill_tree(process: subprocess.Popen) -> None:
 
 def test_a_train_stage_killed_mid_epoch_by_dvc_resumes_to_the_same_weights(repo):
     copy, _, env, dvc = repo
-    model, run_dir = copy / "results/models/resnet/pgd_at.pt", copy / "runs/resnet/pgd_at"
+    model, run_dir = copy / "results/models/resnet/pgd_at/seed1.pt", copy / "runs/resnet/pgd_at/seed1"
     uninterrupted = copy.parent / "pgd_at.uninterrupted.pt"
     shutil.copy2(model, uninterrupted)
     # Forced: otherwise DVC's run cache restores the stage's outputs instead of running it.
-    command = [*dvc, "repro", "--force", "--single-item", "train@resnet-pgd_at"]
+    command = [*dvc, "repro", "--force", "--single-item", "train@resnet-pgd_at-1"]
     process = subprocess.Popen(command, cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
@@ -225,8 +247,8 @@ def test_a_train_stage_killed_mid_epoch_by_dvc_resumes_to_the_same_weights(repo)
             _kill_tree(process)
     assert not model.exists()  # DVC removed the old output before running
     out = _run(command, copy, env)  # the same command again
-    assert "Running stage 'train@resnet-pgd_at'" in out
-    notebook = (copy / "results/notebooks/train/resnet-pgd_at.ipynb").read_text()
+    assert "Running stage 'train@resnet-pgd_at-1'" in out
+    notebook = (copy / "results/notebooks/train/resnet-pgd_at-seed1.ipynb").read_text()
     assert "resuming the interrupted run" in notebook and "after epoch 1" in notebook
     trained = {name: torch.load(path, weights_only=True)["state_dict"] for name, path in
                (("resumed", model), ("uninterrupted", uninterrupted))}

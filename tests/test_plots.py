@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from test_report import ARCHS, DEFENSES, SWEEP_EPS, write_synthetic_results
 
-from eatlib import plots, report
+from eatlib import layout, plots, report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -43,30 +43,30 @@ def test_eps_curves_have_one_row_per_defense_arch_eps_metric(results):
 
 
 def test_eps_curve_csv_round_trips_the_sweep_values(results):
-    path = plots.write_eps_curves_csv(results, results / "figures" / "eps_curves.csv", include_clean=False)
+    path = plots.write_eps_curves_csv(results, results / "figures" / "eps_curves.csv", seed=0, include_clean=False)
     frame = pd.read_csv(path)
     assert len(frame) == len(ARCHS) * len(DEFENSES) * len(SWEEP_EPS) * len(plots.CURVE_METRICS)
-    data = json.loads((results / "metrics" / "resnet" / "eat.json").read_text())
+    data = json.loads((layout.metrics_path("resnet", "eat", results, 0)).read_text())
     row = frame[(frame.defense == "eat") & (frame.arch == "resnet") & (frame.metric == "ari")
                 & np.isclose(frame.eps, 4 / 255)]
     assert row["value"].item() == pytest.approx(data["sweep"]["metrics"][2]["ari"], rel=1e-12)
 
 
 def test_sweep_with_mismatched_lengths_names_the_file(results):
-    path = results / "metrics" / "mobilenet" / "pgd_at.json"
+    path = layout.metrics_path("mobilenet", "pgd_at", results, 0)
     data = json.loads(path.read_text())
     data["sweep"]["eps"] = data["sweep"]["eps"][:-1]
     path.write_text(json.dumps(data))
-    with pytest.raises(report.ResultsError, match=r"pgd_at\.json.*sweep\.eps"):
+    with pytest.raises(report.ResultsError, match=r"pgd_at/seed0\.json.*sweep\.eps"):
         plots.eps_curves(report.load_metrics(results))
 
 
 def json_of(results, arch, defense) -> dict:
-    return json.loads((results / "metrics" / arch / f"{defense}.json").read_text())
+    return json.loads(layout.metrics_path(arch, defense, results, 0).read_text())
 
 
 def test_write_figures_writes_every_file_and_the_csv_holds_the_json_sweep(results):
-    written = plots.write_figures(results)
+    written = plots.write_figures(results, seed=0)
     assert sorted(p.name for p in written) == ["ablation.png", "eps_curves.csv", "eps_curves_wide.csv",
                                               "robustness_eps.png"]
     assert png_size(results / "figures" / "robustness_eps.png") == (1365, 870)  # the file is a real PNG
@@ -155,14 +155,53 @@ def test_wide_eps_curves_have_one_column_per_arch_metric_defense(results):
     assert list(wide.columns[:4]) == ["eps", "mobilenet/ami/standard", "mobilenet/ami/pgd_at", "mobilenet/ami/eat"]
     assert len(wide.columns) == 1 + len(ARCHS) * 2 * len(DEFENSES)
     assert wide["eps"].tolist() == pytest.approx([0.0, *SWEEP_EPS])
-    data = json.loads((results / "metrics" / "resnet" / "pgd_at.json").read_text())
+    data = json.loads((layout.metrics_path("resnet", "pgd_at", results, 0)).read_text())
     assert wide["resnet/ari/pgd_at"].tolist()[1:] == pytest.approx([m["ari"] for m in data["sweep"]["metrics"]])
 
 
 def test_sweep_eps_may_be_fraction_strings(results):
-    path = results / "metrics" / "resnet" / "eat.json"
+    path = layout.metrics_path("resnet", "eat", results, 0)
     data = json.loads(path.read_text())
     data["sweep"]["eps"] = ["1/255", "2/255", "4/255", "8/255"]
     path.write_text(json.dumps(data))
     curves = plots.eps_curves(report.load_metrics(results))
     assert sorted(curves.loc[curves.defense == "eat", "eps"].unique()) == pytest.approx([0.0, *SWEEP_EPS])
+
+
+def test_figures_use_the_main_seed_only_and_two_sweeps_of_one_defense_are_an_error(results):
+    path = layout.metrics_path("resnet", "eat", results, 1)
+    data = json.loads(path.read_text())
+    zeros = [dict.fromkeys(plots.CURVE_METRICS, 0.0)] * len(SWEEP_EPS)
+    data["sweep"] = json_of(results, "resnet", "eat")["sweep"] | {"metrics": zeros}
+    path.write_text(json.dumps(data))
+    with pytest.raises(report.ResultsError, match=r"resnet/eat: 2 seeds have a sweep.*runs_of_seed"):
+        plots.eps_curves(report.load_metrics(results))
+    plots.write_figures(results, seed=0)
+    frame = pd.read_csv(results / "figures" / "eps_curves_wide.csv")
+    assert frame["resnet/ami/eat"].tolist()[1:] == pytest.approx(
+        [m["ami"] for m in json_of(results, "resnet", "eat")["sweep"]["metrics"]])
+    with pytest.raises(report.ResultsError, match=r"no metrics documents of training seed 5"):
+        plots.write_figures(results, seed=5)
+
+
+def test_pgd_at_matched_is_dashed_in_pgd_at_colour_and_keeps_the_others_colours():
+    styles = plots.defense_styles(["standard", "pgd_at", "pgd_at_matched", "eat"])
+    assert styles["pgd_at_matched"]["color"] == styles["pgd_at"]["color"]
+    assert styles["pgd_at_matched"]["linestyle"] == "--" and styles["pgd_at"]["linestyle"] == "-"
+    assert styles["pgd_at_matched"]["marker"] != styles["pgd_at"]["marker"]
+    alone = plots.defense_styles(["eat"])
+    assert alone["eat"]["color"] == styles["eat"]["color"]
+    everything = plots.defense_styles(report.CANONICAL_DEFENSES)
+    colours = [everything[d]["color"] for d in report.CANONICAL_DEFENSES if d != "pgd_at_matched"]
+    assert len(set(colours)) == len(colours)
+
+
+def test_load_histories_reads_the_main_seed_checkpoints(tmp_path):
+    from eatlib import checkpoint
+
+    for seed in (0, 1):
+        path = layout.model_path("resnet", "eat", tmp_path, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.save_atomic({"history": [{"epoch": 1, "loss": float(seed)}]}, path)
+    histories = plots.load_histories(["resnet"], ["eat"], tmp_path, seed=1)
+    assert histories == {"resnet": {"eat": [{"epoch": 1, "loss": 1.0}]}}

@@ -84,3 +84,23 @@ def test_command_line_exit_codes(files):
     readme.write_text("no markers here\n")
     done = subprocess.run(run, capture_output=True, text=True, check=False)
     assert done.returncode == 1 and "error:" in done.stderr and "results:main:start" in done.stderr
+
+
+def test_the_readme_gets_the_report_tables_means_sds_and_seeds_column(tmp_path):
+    from test_report import write_synthetic_results
+
+    from eatlib import report
+
+    root = tmp_path / "results"
+    written = write_synthetic_results(root)
+    report.write_tables(root)
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert readme_table.update_readme(readme, root / "tables" / "main.md") is True
+    inside = readme.read_text().split(readme_table.START)[1].split(readme_table.END)[0]
+    header = next(line for line in inside.splitlines() if line.startswith("| defense"))
+    assert header.rstrip(" |").endswith("| seeds")
+    clean = [doc["clean"]["ami"] for doc in written[("resnet", "eat")]]
+    mean, sd = sum(clean) / len(clean), (sum((c - sum(clean) / 3) ** 2 for c in clean) / 2) ** 0.5
+    eat = next(line for line in inside.split("**resnet**")[1].splitlines() if line.startswith("| eat |"))
+    assert f"{mean:.3f} ± {sd:.3f}" in eat and eat.rstrip(" |").endswith("| 3")

@@ -59,7 +59,7 @@ def tiny_params(folder: Path) -> Path:
         "data": {"name": "glyphs", "prepared": str(folder / "prepared"), "image_size": 16,
                  "options": {"num_classes": 12, "images_per_class": 8}},
         "models": {"small": {"arch": "cnn4", "embedding_dim": 16, "options": {"width": 4}}},
-        "pipeline": {"archs": ["small"], "trained_defenses": ["standard", "pgd_at", "eat"]},
+        "pipeline": {"archs": ["small"], "compared": ["standard", "pgd_at", "eat"]},
         "train": {"epochs": EPOCHS, "batch_size": 8, "samples_per_class": 4, "lr": 0.003, "warmup_epochs": 0.5,
                   "lr_milestones": [2]},
         "defenses": {"standard": {}, "pgd_at": {"attack": ATTACK},

@@ -5,10 +5,13 @@ from pathlib import Path
 
 import pytest
 
+from eatlib import layout
 from eatlib.summary import SummaryError, summarize, summary_path, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
-EAT = ROOT / "results/metrics/resnet/eat.json"
+# The committed main-seed EAT run; before the committed results move to the per-seed layout, its one-seed file.
+EAT = layout.metrics_path("resnet", "eat", ROOT / "results", 0)
+EAT = EAT if EAT.exists() else ROOT / "results/metrics/resnet/eat.json"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +35,8 @@ def test_summary_of_the_committed_eat_run_holds_clean_headline_worst_and_cost(do
 
 
 def test_committed_summaries_match_their_documents():
-    documents = sorted((ROOT / "results/metrics").glob("*/*.json")) + sorted((ROOT / "results/ablation").glob("*.json"))
+    documents = sorted((ROOT / "results/metrics").glob("*/*/seed*.json"))
+    documents += sorted((ROOT / "results/ablation").glob("*.json"))
     assert documents
     for path in documents:
         written = summary_path(path, ROOT / "results")
@@ -41,10 +45,12 @@ def test_committed_summaries_match_their_documents():
 
 
 def test_summary_paths_stay_out_of_the_folders_the_report_reads():
-    assert summary_path("results/metrics/resnet/eat.json") == Path("results/summary/resnet/eat.json")
+    assert summary_path("results/metrics/resnet/eat/seed2.json") == Path("results/summary/resnet/eat/seed2.json")
+    assert summary_path(layout.metrics_path("resnet", "eat", seed=2)) == layout.summary_path("resnet", "eat", seed=2)
     assert summary_path("results/ablation/eat_split_none.json") == Path("results/summary/ablation/eat_split_none.json")
-    with pytest.raises(SummaryError, match="not an attack document"):
-        summary_path("results/timings.json")
+    for path in ("results/timings.json", "results/metrics/resnet/eat.json", "results/metrics/resnet/eat/best.json"):
+        with pytest.raises(SummaryError, match="not an attack document.*seed<k>.json"):
+            summary_path(path)
 
 
 def test_a_document_missing_its_headline_attack_names_the_key(document):
@@ -57,10 +63,12 @@ def test_a_document_missing_its_headline_attack_names_the_key(document):
 
 
 def test_write_summary_writes_next_to_nothing_the_report_reads(document, tmp_path):
-    source = tmp_path / "results/metrics/resnet/eat.json"
+    source = layout.metrics_path("resnet", "eat", tmp_path / "results", 1)
     source.parent.mkdir(parents=True)
     source.write_text(json.dumps(document))
     out = write_summary(source, tmp_path / "results")
-    assert out == tmp_path / "results/summary/resnet/eat.json"
+    assert out == tmp_path / "results/summary/resnet/eat/seed1.json"
     assert json.loads(out.read_text()) == summarize(document)
-    assert sorted(p.name for p in source.parent.iterdir()) == ["eat.json"]
+    assert sorted(p.name for p in source.parent.iterdir()) == ["seed1.json"]
+    elsewhere = write_summary(source, out_path=tmp_path / "other.json")
+    assert elsewhere == tmp_path / "other.json" and json.loads(elsewhere.read_text()) == summarize(document)
