@@ -407,11 +407,17 @@ class AttackConfig:
             _check(source in (None, *TRANSFER_SOURCES), f"strong[{i}].source", source,
                    f"null (white-box) or a transfer source: {list(TRANSFER_SOURCES)}")
             try:
-                strong_names.append(validate_spec({k: v for k, v in spec.items() if k != "source"})["name"])
+                checked = validate_spec({k: v for k, v in spec.items() if k != "source"})
             except ConfigError as error:
                 raise ConfigError(f"strong[{i}]: {error}") from None
-        _check(len(set(strong_names)) == len(strong_names), "strong", strong_names,
-               "attacks with distinct names, none named like the headline")
+            # The combined set keeps one perturbation per image: every attack must share the headline's budget.
+            _check(checked["norm"] == specs[0]["norm"] and math.isclose(checked["eps"], specs[0]["eps"]),
+                   f"strong[{i}]", {"norm": checked["norm"], "eps": checked["eps"]},
+                   f"the headline's norm ({specs[0]['norm']}) and eps ({specs[0]['eps']:.6g}): the combined set is "
+                   "one threat model")
+            strong_names.append(checked["name"])
+        _check(len(set(strong_names)) == len(strong_names) and "combined" not in strong_names, "strong", strong_names,
+               "attacks with distinct names, none named like the headline or 'combined' (the combined set)")
         _check(all(0 < e for e in self.sweep_eps), "sweep_eps", self.sweep_eps, "budgets > 0")
         _check(self.subset is None or self.subset >= 2, "subset", self.subset, "null (all) or >= 2 images")
         _check(self.batch_size >= 1, "batch_size", self.batch_size, ">= 1")

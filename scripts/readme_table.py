@@ -1,12 +1,14 @@
-"""Copy the main results table into README.md, between its two marker comments.
+"""Copy the main results table (and the verdict table) into README.md, between their marker comments.
 
 The table is ``results/tables/main.md`` as :func:`eatlib.report.write_tables` writes it: per defense, the mean over
 its training seeds, ``mean ± sd`` over seeds for clean and worst-case AMI/ARI, and a ``seeds`` column.
 
     python scripts/readme_table.py [--readme README.md] [--table results/tables/main.md]
 
-Only the text between ``<!-- results:main:start -->`` and ``<!-- results:main:end -->`` changes, so running it
-twice changes nothing. The README is rewritten (atomically) only when its text changes. Standard library only.
+Only the text between ``<!-- results:main:start -->`` and ``<!-- results:main:end -->`` changes (and, when the
+README has ``<!-- results:verdict:start/end -->`` and results/tables/verdict.md exists, between those), so
+running it twice changes nothing. The README is rewritten (atomically) only when its text changes. Standard
+library only.
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ class ReadmeTableError(RuntimeError):
     """README markers or the table file are missing or malformed."""
 
 
-def replace_between_markers(text: str, content: str, *, where: str = "README") -> str:
-    """``text`` with everything between :data:`START` and :data:`END` replaced by ``content`` (one newline after
-    the start marker, one before the end marker)."""
+def replace_between_markers(text: str, content: str, *, where: str = "README", start: str = START,
+                            end: str = END) -> str:
+    """``text`` with everything between ``start`` and ``end`` (default :data:`START`, :data:`END`) replaced by
+    ``content`` (one newline after the start marker, one before the end marker)."""
+    START, END = start, end  # noqa: N806 (the messages below name the markers in use)
     for marker in (START, END):
         count = text.count(marker)
         if count != 1:
@@ -53,8 +57,9 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def update_readme(readme: str | Path, table: str | Path) -> bool:
-    """Copy ``table`` into ``readme`` between the markers; returns whether the README changed."""
+def update_readme(readme: str | Path, table: str | Path, *, name: str = "main") -> bool:
+    """Copy ``table`` into ``readme`` between the ``results:<name>`` markers; returns whether the README
+    changed."""
     readme, table = Path(readme), Path(table)
     if not table.is_file():
         raise ReadmeTableError(f"{table} does not exist; build it first (dvc repro, or eatlib.report.write_tables)")
@@ -64,7 +69,8 @@ def update_readme(readme: str | Path, table: str | Path) -> bool:
     if not readme.is_file():
         raise ReadmeTableError(f"{readme} does not exist")
     old = readme.read_text(encoding="utf-8")
-    new = replace_between_markers(old, content, where=str(readme))
+    new = replace_between_markers(old, content, where=str(readme), start=f"<!-- results:{name}:start -->",
+                                  end=f"<!-- results:{name}:end -->")
     if new != old:
         _write_atomic(readme, new)
     return new != old
@@ -77,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         changed = update_readme(args.readme, args.table)
+        verdict = args.table.parent / "verdict.md"
+        if verdict.is_file() and "<!-- results:verdict:start -->" in args.readme.read_text(encoding="utf-8"):
+            changed |= update_readme(args.readme, verdict, name="verdict")
     except ReadmeTableError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -251,3 +251,16 @@ def test_load_documents_checks_the_seed_against_the_file_name(tmp_path):
 def test_markdown_marks_one_seed_rows():
     result = verdict.verdict(_docs([0.4], [0.3]))
     assert "— (1 seed)" in markdown_table(result)
+
+
+def test_the_evaluation_interval_is_centred_on_the_observed_difference_not_on_the_replicates_drift():
+    from eatlib.verdict import paired_summary
+
+    rng = np.random.default_rng(0)
+    # Replicates of A drift up by 0.05 more than B's (duplicated classes flatter a better clustering): the
+    # replicate differences centre on +0.05 although the observed difference is 0.
+    a_rep = 0.55 + rng.normal(0, 0.01, (3, 200))
+    b_rep = 0.50 + rng.normal(0, 0.01, (3, 200))
+    entry = paired_summary([0.5, 0.5, 0.5], [0.5, 0.5, 0.5], a_rep, b_rep, metric="ami")
+    low, high = entry["eval_ci95"]
+    assert low < 0 < high and high - low < 0.01 * 2 * 4
