@@ -290,7 +290,7 @@ def sanity_runs(model, splits: DataSplits, robustness: dict, swept: dict, common
     far = {**headline, "name": "sanity_64_pull", "eps": 64 / 255, "alpha": 16 / 255, "push": 0.0}
     noise = {"name": "sanity_noise", "optimizer": "noise", "eps": headline["eps"], "objective": "embedding_shift"}
     quiet = {**common, "noise": None}
-    extra = evaluate_robustness(model, splits.test, [doubled, far, noise], **quiet)["attacks"]
+    extra = evaluate_robustness(model, splits.test, [doubled, far], **quiet)["attacks"]
     kmeans = robustness["clean_noise"]["kmeans"]["ami"]["values"]
     noise_kmeans = evaluate_robustness(model, splits.test, [noise], **{**common, "noise": {
         "kmeans_seeds": len(kmeans), "bootstrap": 0}})["attacks"]["sanity_noise"]["noise"]["kmeans"]["ami"]["values"]

@@ -1,38 +1,17 @@
 """APGD (eatlib.attacks.apgd): the checkpoint schedule, the budget (projections, passes), the best iterate,
 spec validation, and strength against PGD at equal forward-backward passes on a small trained model."""
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from tiny_trained import trained
-from torch import nn
+from tiny_trained import TinyNet, tiny_set, trained
 
 from eatlib.attacks import APGD, PGD, Margin, MultiTarget, MultiTargetAttack, SpecError, build_attack, validate_spec
 from eatlib.attacks.apgd import checkpoints
 
 
-class TinyNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.head = nn.Linear(8, 8)
-        self.calls = 0
-
-    def forward(self, x):
-        self.calls += 1
-        return F.normalize(self.head(F.relu(self.conv(x - 0.5)).mean((2, 3))), dim=1)
-
-
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    model = TinyNet().eval()
-    labels = np.repeat(np.arange(4), 6)
-    images = torch.rand(len(labels), 3, 8, 8).mul_(1.4).sub_(0.2).clamp_(0, 1)  # saturated pixels: [0,1] matters
-    with torch.no_grad():
-        clean = model(images)
-    return model, images, labels, clean
+    return tiny_set(TinyNet())
 
 
 def test_checkpoints_follow_the_paper_schedule():

@@ -2,41 +2,23 @@
 and [0,1], one forward per query (times EOT), never worse than its start, and raising the objective on a small
 trained model."""
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from tiny_trained import trained
-from torch import nn
+from tiny_trained import TinyNet, tiny_set, trained
 
 from eatlib.attacks import Margin, SpecError, Square, build_attack, validate_spec
 from eatlib.attacks.square import window_fraction
 
 
-class NoGradNet(nn.Module):
-    """Refuses to run with autograd on (Square must use values only); counts forward passes."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 8, 3, stride=2, padding=1)
-        self.head = nn.Linear(8, 8)
-        self.calls = 0
-
+class NoGradNet(TinyNet):
     def forward(self, x):
         assert not torch.is_grad_enabled(), "a gradient-free attack ran the model with autograd on"
-        self.calls += 1
-        return F.normalize(self.head(F.relu(self.conv(x - 0.5)).mean((2, 3))), dim=1)
+        return super().forward(x)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    model = NoGradNet().eval()
-    labels = np.repeat(np.arange(4), 6)
-    images = torch.rand(len(labels), 3, 8, 8).mul_(1.4).sub_(0.2).clamp_(0, 1)
-    with torch.no_grad():
-        clean = model(images)
-    return model, images, labels, clean
+    return tiny_set(NoGradNet())
 
 
 def test_square_stays_in_the_ball_uses_values_only_and_counts_queries(tiny):
