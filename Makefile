@@ -24,11 +24,12 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 # data/ is where users place the paper datasets (tracked by data.dvc). A fresh clone has none: create it empty
 # and record that empty folder in DVC's cache, so that `dvc status` is clean (data.dvc does not change).
 # scripts/repro.py runs `dvc repro` printing one line per stage ("[3/41] train@resnet-eat ... 2m13s"); each cell's
-# output is in the executed notebooks under results/notebooks/.
+# output is in the executed notebooks under results/notebooks/. Target `report`: everything but the readings of
+# EAT (make verdict-grid).
 repro: env
 	mkdir -p data
 	[ -n "$$(ls -A data)" ] || $(RUN) $(BIN)/dvc add -q data
-	$(RUN) $(BIN)/python scripts/repro.py
+	$(RUN) $(BIN)/python scripts/repro.py report
 	$(BIN)/python scripts/readme_table.py
 
 # The paper-scale profile on one placed dataset (cub200 | cars196 | inshop) as a DVC experiment: params-paper.yaml
@@ -37,20 +38,17 @@ repro: env
 paper: env
 	$(BIN)/python -c "from eatlib.data import load_splits; load_splits('$(DATASET)', 'data')" > /dev/null
 	overrides="$$($(BIN)/python -m eatlib.profiles params-paper.yaml)" && \
-		$(RUN) $(BIN)/dvc exp run --name paper-$(DATASET) $$overrides -S data.name=$(DATASET) $(PAPER_ARGS)
+		$(RUN) $(BIN)/dvc exp run --name paper-$(DATASET) $$overrides -S data.name=$(DATASET) $(PAPER_ARGS) report
 
-# Every reading of EAT the abstract allows (docs/paper.md), each a DVC experiment over every seed of pipeline.seeds:
-# EAT's stages, PGD-AT at that reading's compute and the verdict re-run per reading, nothing else retrained. Then
-# results/verdict_grid.md: one row per reading, architecture and comparison. Hours on this CPU (each reading costs
-# about EAT's training and attacks over the seeds and both architectures); GRID= runs a subset.
-GRID ?= transfer=ensemble transfer=bn_stats transfer=none transfer=others transfer=momentum split=disjoint \
-	split=bootstrap split=none gradient_diversity=0.5 members=2 members=5 aggregate=mean
+# The readings of EAT in params.yaml (readings.variants, each over readings.seeds on readings.arch), trained and
+# attacked in this workspace beside the default run's models (which `make repro` makes first, if missing), then
+# compared with them: results/verdict_readings.json and results/verdict_readings/ (notebook 08). About 5 min per
+# reading and seed on this CPU; add readings to params.yaml (its comment lists more), or remove some.
 verdict-grid: env
-	for reading in $(GRID); do \
-		$(RUN) $(BIN)/dvc exp run --queue --name "eat-$$(echo $$reading | tr '=_' '--')" -S "defenses.eat.$$reading" \
-		|| exit 1; done
-	$(RUN) $(BIN)/dvc exp run --run-all --jobs 1
-	$(RUN) $(BIN)/python scripts/verdict_grid.py
+	mkdir -p data
+	[ -n "$$(ls -A data)" ] || $(RUN) $(BIN)/dvc add -q data
+	$(RUN) $(BIN)/python scripts/repro.py readings
+	$(BIN)/python scripts/readme_table.py
 
 test: env
 	$(RUN) $(BIN)/python -m pytest

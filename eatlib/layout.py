@@ -3,6 +3,8 @@
     results/models/<arch>/<defense>/seed<k>.pt      trained models
     results/metrics/<arch>/<defense>/seed<k>.json   attack documents
     results/summary/<arch>/<defense>/seed<k>.json   the few numbers DVC shows
+    results/readings/models/<arch>/<reading>/seed<k>.pt, results/readings/metrics/<arch>/<reading>/seed<k>.json
+                                                    the same for the readings of EAT (`make verdict-grid`)
 
 Inference defenses and single-seed defenses have one document, at the top-level ``seed``. This module imports
 nothing of eatlib, so the pipeline, the report and the summary can all share it.
@@ -48,3 +50,14 @@ def pretrained_path(arch: str, results: str | Path = "results") -> Path:
     """The clean network every trained defense of ``arch`` starts from, whatever its seed (on glyphs the stand-in
     for the paper's ImageNet weights, the same for every run): ``results/pretrained/<arch>.pt``."""
     return Path(results) / "pretrained" / f"{arch}.pt"
+
+
+def reading_model_path(arch: str, reading: str, results: str | Path = "results", seed: int = 0) -> Path:
+    """Where the reading stage puts reading ``reading`` of EAT:
+    ``results/readings/models/<arch>/<reading>/seed<k>.pt``."""
+    return Path(results) / "readings" / "models" / arch / reading / f"{seed_name(seed)}.pt"
+
+
+def reading_metrics_path(arch: str, reading: str, results: str | Path = "results", seed: int = 0) -> Path:
+    """Its attack document: ``results/readings/metrics/<arch>/<reading>/seed<k>.json``."""
+    return Path(results) / "readings" / "metrics" / arch / reading / f"{seed_name(seed)}.json"

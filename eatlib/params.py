@@ -17,6 +17,7 @@ import dataclasses
 import importlib
 import inspect
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -498,6 +499,25 @@ class AblationConfig:
     variants: dict[str, AblationVariant] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ReadingsConfig:
+    """Readings of EAT other than ``defenses.eat``, each trained over ``seeds`` on ``arch`` and compared with the
+    comparison set of the same seeds (the ``reading`` and ``readings`` stages; `make verdict-grid`, outside
+    `make repro`). A variant is a mapping of ``defenses.eat`` keys to change (e.g. ``{transfer: others}``)."""
+
+    arch: str
+    seeds: list[int] = field(default_factory=lambda: [0])
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(bool(self.seeds) and all(isinstance(s, int) and s >= 0 for s in self.seeds)
+               and len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "distinct integers >= 0")
+        for name in self.variants:
+            _check(re.fullmatch(r"[a-z0-9_]+", name) is not None and name not in TRAINING_DEFENSES,
+                   "variants", name, "names of lower-case letters, digits and _ that are not a defense's name "
+                   "(they name files and DVC stages)")
+
+
 def _merge(base: dict, override: dict) -> dict:
     merged = dict(base)
     for key, value in override.items():
@@ -524,6 +544,7 @@ class Params:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     defenses: dict[str, Any] = field(default_factory=dict)  # one subsection of options per defense
     ablation: AblationConfig | None = None
+    readings: ReadingsConfig | None = None
     seed: int = 0
     device: str = "auto"
 
@@ -551,6 +572,11 @@ class Params:
                 _check(variant.match_compute is None or variant.match_compute in self.pipeline.trained_defenses,
                        f"ablation.variants.{name}.match_compute", variant.match_compute,
                        "a defense of pipeline.trained_defenses (its main run sets the budget)")
+        if self.readings is not None:
+            _check(self.readings.arch in self.models, "readings.arch", self.readings.arch,
+                   f"keys of models: {sorted(self.models)}")
+            for name in self.readings.variants:
+                self.reading_options(name)  # validates the merged options
 
     def defense_options(self, name: str) -> Any:
         """The validated options of defense ``name`` (its defaults when params.yaml has no subsection for it)."""
@@ -566,6 +592,36 @@ class Params:
         variant = self.ablation.variants[name]
         merged = _merge(to_dict(self.defense_options(variant.defense)), variant.options)
         return parse_options(variant.defense, merged, TRAINING_DEFENSES, f"ablation.variants.{name}.options")
+
+    def attack_runs(self) -> set[tuple[str, str, int]]:
+        """Every ``(arch, defense, training seed)`` whose attack document this params file makes
+        (``results/metrics/<arch>/<defense>/seed<k>.json``): what the tables and the verdict read. Documents on
+        disk outside this set are left over from an earlier params file (DVC does not delete the outputs of
+        stages that no longer exist)."""
+        pipeline = self.pipeline
+        runs = {(arch, defense, seed) for arch in pipeline.archs for defense in pipeline.trained_defenses
+                for seed in pipeline.seeds_of(defense, self.seed)}
+        return runs | {(arch, defense, self.seed) for arch in pipeline.archs for defense in pipeline.inference_defenses}
+
+    def check_readings(self) -> None:
+        """What the reading stages need beyond valid options (checked when they run, so that `make repro` on
+        fewer seeds or architectures is not refused for readings it does not run): the comparison set's models of
+        ``readings.arch`` and of every seed of ``readings.seeds``."""
+        readings = self.readings
+        _check(readings is not None, "readings", None, "a readings section (see params.yaml)")
+        _check(readings.arch in self.pipeline.archs, "readings.arch", readings.arch,
+               f"one of pipeline.archs {self.pipeline.archs} (its comparison set is the readings' rivals)")
+        outside = sorted(set(readings.seeds) - set(self.pipeline.seeds))
+        _check(not outside, "readings.seeds", outside, f"seeds of pipeline.seeds {self.pipeline.seeds} (each reading "
+               "is paired with the comparison set's models of its seed), or add them to pipeline.seeds")
+
+    def reading_options(self, name: str) -> Any:
+        """The EAT options of reading ``name``: its overrides merged over ``defenses.eat``."""
+        if self.readings is None or name not in self.readings.variants:
+            defined = sorted(self.readings.variants) if self.readings else []
+            raise ConfigError(f"readings.variants: no reading named {name!r}; defined: {defined}")
+        merged = _merge(to_dict(self.defense_options("eat")), self.readings.variants[name])
+        return parse_options("eat", merged, TRAINING_DEFENSES, f"readings.variants.{name}")
 
     def pretrain_config(self) -> TrainConfig:
         """The schedule of the pretrain stage: ``train`` with ``pretrain``'s keys changed."""

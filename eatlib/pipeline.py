@@ -21,13 +21,19 @@ from eatlib.data import DataSplits, contact_sheet, load_splits, prepare_glyphs
 from eatlib.defenses import INFERENCE_DEFENSES, build_inference, build_training
 from eatlib.devices import resolve_device
 from eatlib.evaluate import _View, attack_embeddings, embed, evaluate_robustness, subset_indices
-from eatlib.layout import metrics_path, model_path, pretrained_path  # noqa: F401 (metrics_path: for notebooks)
+from eatlib.layout import (  # noqa: F401 (metrics paths: for notebooks)
+    metrics_path,
+    model_path,
+    pretrained_path,
+    reading_metrics_path,
+    reading_model_path,
+)
 from eatlib.metrics import embedding_metrics
 from eatlib.models import Ensemble, build_model, fold_batchnorm
 from eatlib.params import MATCHED, TRANSFER_SOURCES, Params, TrainConfig, to_dict
 from eatlib.persistence import load_model
 from eatlib.plots import load_history, plot_training_curves, plot_tsne, write_figures, write_training_curves_csv
-from eatlib.report import load_ablation, load_metrics, write_tables
+from eatlib.report import load_ablation, load_metrics, stale_documents, write_tables
 from eatlib.strong import evaluate_strong
 from eatlib.train import fit
 
@@ -322,19 +328,27 @@ def headline_embeddings(params: Params, arch: str, defense: str, *, splits: Data
 
 
 def report(params: Params, results: str | Path = "results", *, tsne_defenses=("standard", "eat")) -> dict:
-    """The report stage: tables, figures and the stage timings, all from what the earlier stages wrote."""
+    """The report stage: tables, figures and the stage timings, all from what the earlier stages wrote. Only the
+    attack documents ``params`` makes are read (:meth:`Params.attack_runs`); any others under ``results/metrics``
+    are left over from an earlier params.yaml: named in the output (``"stale"``) and printed, never tabulated."""
 
     started = time.perf_counter()
     results = Path(results)
     figures_dir = results / "figures"
-    tables = write_tables(results)
-    sanity_rows = {f"{run.arch} / {run.defense}": run.data for run in load_metrics(results) if "sanity" in run.data}
+    runs = params.attack_runs()
+    stale = stale_documents(results, runs)
+    if stale:
+        print(f"report: left out {len(stale)} attack documents not in params.yaml (stale from an earlier run; delete "
+              "them to be rid of them): " + ", ".join(map(str, stale)))
+    tables = write_tables(results, runs=runs)
+    metrics = load_metrics(results, runs=runs)
+    sanity_rows = {f"{run.arch} / {run.defense}": run.data for run in metrics if "sanity" in run.data}
     if sanity_rows:  # the strong protocol's sanity checks, on the main seed's standard and EAT models
         specs = next(iter(sanity_rows.values()))["hyperparameters"]["specs"]
         table = sanity.sanity_table({name: doc["sanity"] for name, doc in sanity_rows.items()}, specs)
         (results / "tables" / "sanity.md").write_text(table)
         tables.append(results / "tables" / "sanity.md")
-    figures = [p for p in write_figures(results, seed=params.seed) if p.suffix == ".png"]
+    figures = [p for p in write_figures(results, seed=params.seed, runs=runs) if p.suffix == ".png"]
     figures.append(Path(shutil.copy(Path(params.data.prepared) / "contact_sheet.png", figures_dir)))
     # The verdict stage's table and forest plot, beside the others (it writes them to results/verdict/ because
     # results/tables and results/figures are this stage's outputs).
@@ -370,7 +384,7 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
     for arch in params.pipeline.archs:
         if pretrained_path(arch, results).exists():
             timings[f"pretrain/{arch}"] = training_cost(pretrained_path(arch, results))["train_seconds"]
-    for run in load_metrics(results):
+    for run in metrics:
         name = f"{run.arch}/{run.defense}/seed{run.seed}"
         if run.defense in params.pipeline.trained_defenses:
             timings[f"train/{name}"] = run.data["cost"]["train_seconds"]
@@ -383,7 +397,7 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
     timings["report"] = time.perf_counter() - started
     timings["total"] = sum(timings.values())
     checkpoint.write_json({k: round(v, 1) for k, v in timings.items()}, results / "timings.json")
-    return {"tables": tables, "figures": figures, "timings": timings}
+    return {"tables": tables, "figures": figures, "timings": timings, "stale": stale}
 
 
 def ablation(params: Params, variant: str, *, results: str | Path = "results", progress: bool = True) -> dict:
@@ -413,6 +427,27 @@ def ablation(params: Params, variant: str, *, results: str | Path = "results", p
                            **({"match_compute": spec.match_compute} if spec.match_compute else {})}
     if cost_path == main_path:
         document["reuses"] = str(main_path)
+    return document
+
+
+def reading(params: Params, name: str, seed: int, *, results: str | Path = "results", progress: bool = True) -> dict:
+    """One reading of EAT (``readings.variants.<name>`` over ``defenses.eat``) with training seed ``seed`` on
+    ``readings.arch``: trained like the main EAT run of that seed (same pretrained start, schedule, data), then
+    attacked like it (strong protocol, transfers from the same seed's standard and PGD-AT models; no eps sweep).
+    Returns its document, for ``results/readings/metrics/<arch>/<name>/seed<k>.json``."""
+    params.check_readings()
+    arch = params.readings.arch
+    options = params.reading_options(name)
+    splits = load_data(params)
+    path = reading_model_path(arch, name, results, seed)
+    train(params, arch, "eat", seed=seed, options=options, out_path=path,
+          run_dir=Path("runs") / "readings" / arch / name / f"seed{seed}", splits=splits, results=results,
+          progress=progress)
+    model = load_model(path, resolve_device(params.device))
+    document = attack(params, arch, "eat", seed=seed, model=model, cost=training_cost(path), sweep=False,
+                      splits=splits, results=results, progress=progress)
+    document["reading"] = {"name": name, "overrides": params.readings.variants[name]}
+    document["config"]["defense_options"] = to_dict(options)
     return document
 
 

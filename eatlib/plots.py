@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib as mpl
@@ -156,11 +156,12 @@ def eps_curves_wide(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_eps_curves_csv(results_dir: str | Path, path: str | Path, *, seed: int, wide: bool = False,
-                         **options) -> Path:
+                         runs: Collection[tuple[str, str, int]] | None = None, **options) -> Path:
     """Write :func:`eps_curves` of ``results_dir/metrics`` at training seed ``seed`` (the main seed, params
     ``seed``) as CSV: tidy (columns defense, arch, eps, metric, value), or with ``wide`` as
-    :func:`eps_curves_wide` for ``dvc plots``. ``options`` go to :func:`eps_curves`."""
-    frame = eps_curves(runs_of_seed(load_metrics(results_dir), seed), **options)
+    :func:`eps_curves_wide` for ``dvc plots``. ``runs`` goes to :func:`eatlib.report.load_metrics` (the current
+    params' runs: stale documents left out); ``options`` go to :func:`eps_curves`."""
+    frame = eps_curves(runs_of_seed(load_metrics(results_dir, runs=runs), seed), **options)
     frame = eps_curves_wide(frame) if wide else frame
     return write_atomic(path, frame.to_csv(index=False, lineterminator="\n"))
 
@@ -415,23 +416,24 @@ def plot_ablation(runs: Sequence[RunResult], out_path: str | Path | None = None,
 # ------------------------------------------------------------------------------------------------------ everything
 
 def write_figures(results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
-                  seed: int) -> list[Path]:
+                  seed: int, runs: Collection[tuple[str, str, int]] | None = None) -> list[Path]:
     """The figures that need only results JSON, into ``out_dir`` (default ``results_dir/figures``):
     ``robustness_eps.png``, ``eps_curves.csv`` (tidy) and ``eps_curves_wide.csv`` (for ``dvc plots``), all from
     the metrics sweeps of training seed ``seed`` (the main seed, params ``seed``), and ``ablation.png`` when
-    ``results_dir/ablation`` holds variants. t-SNE and training curves need embeddings / checkpoints: see
+    ``results_dir/ablation`` holds variants. ``runs`` goes to :func:`eatlib.report.load_metrics` (the current
+    params' runs: stale documents left out). t-SNE and training curves need embeddings / checkpoints: see
     :func:`plot_tsne`, :func:`plot_training_curves`, :func:`load_histories`."""
     out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "figures"
-    runs = runs_of_seed(load_metrics(results_dir), seed)
-    if not runs:
+    documents = runs_of_seed(load_metrics(results_dir, runs=runs), seed)
+    if not documents:
         raise ResultsError(f"no metrics documents of training seed {seed} in {Path(results_dir) / 'metrics'}; the eps "
                            "sweep is run at the main seed (params `seed`): pass that seed, or run its attack stages")
-    curves = eps_curves(runs)
+    curves = eps_curves(documents)
     written = [
         write_atomic(out_dir / "eps_curves.csv", curves.to_csv(index=False, lineterminator="\n")),
         write_atomic(out_dir / "eps_curves_wide.csv", eps_curves_wide(curves).to_csv(index=False, lineterminator="\n")),
     ]
-    plot_robustness_curves(runs, out_dir / "robustness_eps.png", seed=seed)
+    plot_robustness_curves(documents, out_dir / "robustness_eps.png", seed=seed)
     written.append(out_dir / "robustness_eps.png")
     ablation = load_ablation(results_dir)
     if ablation:

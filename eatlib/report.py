@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,10 +119,35 @@ def _read_run(path: Path, seed: int | None = None) -> RunResult:
     return run
 
 
-def load_metrics(results_dir: str | Path = "results") -> list[RunResult]:
+def run_key(path: str | Path) -> tuple[str, str, int] | None:
+    """The ``(arch, defense, training seed)`` an attack document's path names (``.../<arch>/<defense>/seed<k>.json``),
+    or None when the file is not named ``seed<k>.json``. Read from the path alone, never from the file."""
+    path = Path(path)
+    seed = seed_of(path)
+    return None if seed is None else (path.parent.parent.name, path.parent.name, seed)
+
+
+def stale_documents(results_dir: str | Path, runs: Collection[tuple[str, str, int]]) -> list[Path]:
+    """The attack documents ``<results_dir>/metrics/<arch>/<defense>/seed<k>.json`` whose (arch, defense, seed) is
+    not in ``runs`` (:meth:`eatlib.params.Params.attack_runs`), sorted: left over from an earlier params.yaml (fewer
+    seeds, a defense removed), since DVC does not delete the outputs of stages that no longer exist. The loaders
+    leave them out when given ``runs``; delete them to be rid of them."""
+    runs = set(runs)
+    return [path for path in sorted((Path(results_dir) / "metrics").glob("*/*/*.json"))
+            if (key := run_key(path)) is not None and key not in runs]
+
+
+def _left_out(stale: list[Path]) -> str:
+    return f" ({len(stale)} left out, not made by the current params: {', '.join(map(str, stale))})" if stale else ""
+
+
+def load_metrics(results_dir: str | Path = "results", *,
+                 runs: Collection[tuple[str, str, int]] | None = None) -> list[RunResult]:
     """Every ``<results_dir>/metrics/<arch>/<defense>/seed<k>.json``, validated, in (arch, defense, seed) order;
-    each run's ``seed`` is set. Raises :class:`ResultsError` if there is none, if a file of the old one-seed
-    layout (``<arch>/<defense>.json``) is left, or if a document's arch, defense or seed disagrees with its path."""
+    each run's ``seed`` is set. ``runs``: the (arch, defense, seed) to read (:meth:`eatlib.params.Params.attack_runs`);
+    documents outside it are stale (:func:`stale_documents`) and left out unread. Raises :class:`ResultsError` if
+    there is none, if a file of the old one-seed layout (``<arch>/<defense>.json``) is left, or if a document's
+    arch, defense or seed disagrees with its path."""
     folder = Path(results_dir) / "metrics"
     stale = sorted(folder.glob("*/*.json"))
     if stale:
@@ -131,9 +157,12 @@ def load_metrics(results_dir: str | Path = "results") -> list[RunResult]:
             "seed it was trained with, params `seed`) or delete it and re-run its stage (dvc repro)"
         )
     paths = sorted(folder.glob("*/*/*.json"))
+    left_out = stale_documents(results_dir, runs) if runs is not None else []
+    paths = sorted(set(paths) - set(left_out))
     if not paths:
         raise ResultsError(
-            f"no metrics files in {folder}/<arch>/<defense>/seed<k>.json; run the attack stages first (dvc repro)"
+            f"no metrics files in {folder}/<arch>/<defense>/seed<k>.json{_left_out(left_out)}; run the attack stages "
+            "first (dvc repro)"
         )
     runs = []
     for path in paths:
@@ -161,9 +190,11 @@ def group_seeds(runs: list[RunResult]) -> dict[tuple[str, str], list[RunResult]]
     return {key: sorted(group, key=lambda run: (run.seed is None, run.seed or 0)) for key, group in groups.items()}
 
 
-def load_seed_runs(results_dir: str | Path = "results") -> dict[tuple[str, str], list[RunResult]]:
-    """:func:`group_seeds` of :func:`load_metrics`: per (arch, defense), the documents of every seed."""
-    return group_seeds(load_metrics(results_dir))
+def load_seed_runs(results_dir: str | Path = "results", *, runs: Collection[tuple[str, str, int]] | None = None
+                   ) -> dict[tuple[str, str], list[RunResult]]:
+    """:func:`group_seeds` of :func:`load_metrics` (``runs`` goes to it): per (arch, defense), the documents of
+    every seed."""
+    return group_seeds(load_metrics(results_dir, runs=runs))
 
 
 def runs_of_seed(runs: list[RunResult], seed: int) -> list[RunResult]:
@@ -568,11 +599,13 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, name: str) -> list[Pat
     ]
 
 
-def write_tables(results_dir: str | Path = "results", out_dir: str | Path | None = None) -> list[Path]:
-    """Write ``main.{md,tex,csv}`` (from ``results_dir/metrics``) and, if ``results_dir/ablation`` holds variants,
-    ``ablation.{md,tex,csv}`` into ``out_dir`` (default ``results_dir/tables``). Returns the written paths."""
+def write_tables(results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
+                 runs: Collection[tuple[str, str, int]] | None = None) -> list[Path]:
+    """Write ``main.{md,tex,csv}`` (from ``results_dir/metrics``; ``runs`` goes to :func:`load_metrics`) and, if
+    ``results_dir/ablation`` holds variants, ``ablation.{md,tex,csv}`` into ``out_dir`` (default
+    ``results_dir/tables``). Returns the written paths."""
     out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "tables"
-    written = write_table(main_table(load_metrics(results_dir)), out_dir, "main")
+    written = write_table(main_table(load_metrics(results_dir, runs=runs)), out_dir, "main")
     ablation = load_ablation(results_dir)
     if ablation:
         written += write_table(ablation_table(ablation), out_dir, "ablation")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from scipy import stats
 from eatlib.atomic import write_atomic
 from eatlib.layout import seed_of
 from eatlib.noise import DECIMALS, NOISE_METRICS
-from eatlib.report import ResultsError
+from eatlib.report import ResultsError, stale_documents
 
 LEVEL = 0.95
 RESOLVE = 0.02            # the difference seeds_needed is about
@@ -218,32 +218,33 @@ def _pairing_note(noise_a: dict, noise_b: dict, where: str) -> str | None:
                               "labels); the evaluation interval is then wider than a paired one")
 
 
-def _compare(index: dict, arch: str, comparison: Comparison, notes: list[str]) -> dict | None:
+def _compare(index: dict, arch: str, comparison: Comparison, notes: list[str], *,
+             method: str = METHOD) -> dict | None:
     where = f"{arch}/{comparison.name}"
-    eat_seeds = sorted(s for (a, d, s) in index if a == arch and d == METHOD)
+    eat_seeds = sorted(s for (a, d, s) in index if a == arch and d == method)
     if comparison.rival == BEST_MEMBER:
         rival_seeds = eat_seeds
     else:
         rival_seeds = sorted(s for (a, d, s) in index if a == arch and d == comparison.rival)
     if not eat_seeds or not rival_seeds:
-        missing = METHOD if not eat_seeds else comparison.rival
+        missing = method if not eat_seeds else comparison.rival
         notes.append(f"{where}: skipped, no attack documents for {missing}")
         return None
     seeds = sorted(set(eat_seeds) & set(rival_seeds))
     if unpaired := sorted(set(eat_seeds) ^ set(rival_seeds)):
         notes.append(f"{where}: seeds {unpaired} have only one side and are left out")
     if not seeds:
-        notes.append(f"{where}: skipped, no seed has both {METHOD} and {comparison.rival}")
+        notes.append(f"{where}: skipped, no seed has both {method} and {comparison.rival}")
         return None
 
     rows = []   # per usable seed: (seed, member or None, {metric: (eat side, rival side)})
     for seed in seeds:
-        eat = index[(arch, METHOD, seed)]
+        eat = index[(arch, method, seed)]
         member = None
         if comparison.rival == BEST_MEMBER:
             best = _best_member(eat)
             if best is None:
-                notes.append(f"{where}: seed {seed} skipped, the {METHOD} document has no members[i].headline")
+                notes.append(f"{where}: seed {seed} skipped, the {method} document has no members[i].headline")
                 continue
             member = best[0]
             sides = {m: (_side(eat, comparison.quantity, m), _member_side(best[1], m)) for m in NOISE_METRICS}
@@ -253,7 +254,7 @@ def _compare(index: dict, arch: str, comparison: Comparison, notes: list[str]) -
                      for m in NOISE_METRICS}
         own, other = sides[NOISE_METRICS[0]]
         if own[2] is None or other[2] is None:
-            side = METHOD if own[2] is None else (f"member {member}" if member is not None else comparison.rival)
+            side = method if own[2] is None else (f"member {member}" if member is not None else comparison.rival)
             notes.append(f"{where}: seed {seed} skipped, no evaluation noise for {side} ({comparison.quantity}); "
                          "re-run its attack stage")
             continue
@@ -283,7 +284,7 @@ def _compare(index: dict, arch: str, comparison: Comparison, notes: list[str]) -
     head = per_metric[NOISE_METRICS[0]]
     return {**{k: head[k] for k in ("metric", "diff_mean", "ci95", "eval_ci95", "seeds", "reading", "ci95_over",
                                      "seeds_needed")},
-            "label": comparison.label, "a": METHOD, "b": comparison.rival, "quantity": comparison.quantity,
+            "label": comparison.label, "a": method, "b": comparison.rival, "quantity": comparison.quantity,
             **per_metric}
 
 
@@ -316,13 +317,17 @@ def verdict(documents: Iterable[dict], *, archs: Sequence[str] | None = None) ->
 
 # ---------------------------------------------------------------------------------------------------- files
 
-def load_documents(results_dir: str | Path = "results") -> list[dict]:
-    """Every ``<results_dir>/metrics/<arch>/<defense>/seed<k>.json``; a document without ``seed`` takes k."""
+def load_documents(results_dir: str | Path = "results", *,
+                   runs: Collection[tuple[str, str, int]] | None = None) -> list[dict]:
+    """Every ``<results_dir>/metrics/<arch>/<defense>/seed<k>.json``; a document without ``seed`` takes k.
+    ``runs``: the (arch, defense, seed) to read (:meth:`eatlib.params.Params.attack_runs`); documents outside it
+    are stale (:func:`eatlib.report.stale_documents`) and left out unread."""
     folder = Path(results_dir) / "metrics"
+    left_out = set(stale_documents(results_dir, runs)) if runs is not None else set()
     documents = []
     for path in sorted(folder.glob("*/*/seed*.json")):
         seed = seed_of(path)
-        if seed is None:
+        if seed is None or path in left_out:
             continue
         try:
             doc = json.loads(path.read_text())
@@ -333,7 +338,9 @@ def load_documents(results_dir: str | Path = "results") -> list[dict]:
         documents.append({**doc, "seed": seed, "arch": doc.get("arch", path.parent.parent.name),
                           "defense": doc.get("defense", path.parent.name)})
     if not documents:
-        raise ResultsError(f"no attack documents in {folder}/<arch>/<defense>/seed<k>.json; run the attack stages")
+        stale = f" ({len(left_out)} left out, not made by the current params)" if left_out else ""
+        raise ResultsError(f"no attack documents in {folder}/<arch>/<defense>/seed<k>.json{stale}; run the attack "
+                           "stages")
     return documents
 
 
@@ -352,10 +359,11 @@ CAPTION = (
 )
 
 
-def markdown_table(result: dict, notes: Sequence[str] = ()) -> str:
-    """The verdict as a Markdown table (one row per arch, comparison and metric) with its caption and notes."""
-    lines = [CAPTION, "",
-             "| arch | comparison | metric | diff mean | 95% CI (seeds) | 95% CI (evaluation) | seeds | reading "
+def markdown_table(result: dict, notes: Sequence[str] = (), *, caption: str = CAPTION, group: str = "arch") -> str:
+    """The verdict as a Markdown table (one row per ``group`` (arch), comparison and metric) with its caption and
+    notes."""
+    lines = [caption, "",
+             f"| {group} | comparison | metric | diff mean | 95% CI (seeds) | 95% CI (evaluation) | seeds | reading "
              f"| seeds for ±{RESOLVE} |",
              "|---|---|---|--:|--:|--:|--:|---|--:|"]
     for arch, comparisons in result.items():
@@ -374,15 +382,21 @@ def markdown_table(result: dict, notes: Sequence[str] = ()) -> str:
 
 
 def write_verdict(results_dir: str | Path = "results", *, archs: Sequence[str] | None = None,
+                  runs: Collection[tuple[str, str, int]] | None = None,
                   out_dir: str | Path | None = None) -> list[Path]:
     """Write ``<results_dir>/verdict.json``, the table ``verdict.md`` and the forest plot ``verdict.png``.
 
-    The table and figure go to ``out_dir`` when given (the DVC stage uses ``results/verdict``, which the report
-    stage copies on), else to ``results_dir/tables`` and ``results_dir/figures``. Returns the three paths."""
+    ``runs`` goes to :func:`load_documents` (the current params' runs, :meth:`eatlib.params.Params.attack_runs`);
+    the documents it leaves out are named in the table's notes. The table and figure go to ``out_dir`` when given
+    (the DVC stage uses ``results/verdict``, which the report stage copies on), else to ``results_dir/tables`` and
+    ``results_dir/figures``. Returns the three paths."""
     from eatlib.forest_plot import forest_plot  # matplotlib only when drawing
 
     results_dir = Path(results_dir)
-    result, notes = compare(load_documents(results_dir), archs=archs)
+    result, notes = compare(load_documents(results_dir, runs=runs), archs=archs)
+    if stale := (stale_documents(results_dir, runs) if runs is not None else []):
+        notes.insert(0, f"left out {len(stale)} documents not in params.yaml (stale from an earlier run): "
+                        + ", ".join(map(str, stale)))
     if not result:
         raise ResultsError("no comparison could be made for the verdict:\n" + "\n".join(notes))
     table_path = (Path(out_dir) if out_dir is not None else results_dir / "tables") / "verdict.md"

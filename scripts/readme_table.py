@@ -6,7 +6,8 @@ its training seeds, ``mean ± sd`` over seeds for clean and worst-case AMI/ARI, 
     python scripts/readme_table.py [--readme README.md] [--table results/tables/main.md]
 
 Only the text between ``<!-- results:main:start -->`` and ``<!-- results:main:end -->`` changes (and, when the
-README has ``<!-- results:verdict:start/end -->`` and results/tables/verdict.md exists, between those), so
+README has ``<!-- results:verdict:start/end -->`` and results/tables/verdict.md exists, between those;
+likewise ``results:readings`` and results/verdict_readings/verdict_readings.md), so
 running it twice changes nothing. The README is rewritten (atomically) only when its text changes. Standard
 library only.
 """
@@ -83,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         changed = update_readme(args.readme, args.table)
-        verdict = args.table.parent / "verdict.md"
-        if verdict.is_file() and "<!-- results:verdict:start -->" in args.readme.read_text(encoding="utf-8"):
-            changed |= update_readme(args.readme, verdict, name="verdict")
+        for name, table in (("verdict", args.table.parent / "verdict.md"),
+                            ("readings", args.table.parent.parent / "verdict_readings" / "verdict_readings.md")):
+            if table.is_file() and f"<!-- results:{name}:start -->" in args.readme.read_text(encoding="utf-8"):
+                changed |= update_readme(args.readme, table, name=name)
     except ReadmeTableError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

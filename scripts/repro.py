@@ -1,6 +1,6 @@
 """`dvc repro` with one line per stage: which stage of how many is running, and how long it took.
 
-    python scripts/repro.py [dvc repro arguments ...]      (what `make repro` runs)
+    python scripts/repro.py [dvc repro arguments ...]      (`make repro`: ... report; `make verdict-grid`: ... readings)
 
 Prints e.g. ``[3/41] train@resnet-eat ... 2m13s``. The stages' own output (papermill, the notebooks' logs) is
 not shown: each cell's output is in the executed notebook under results/notebooks/. When a stage fails, its last
@@ -50,6 +50,20 @@ def planned_stages(changed: set[str], edges: list[tuple[str, str]]) -> set[str]:
             planned.add(stage)
             todo.extend(below[stage])
     return {stage for stage in planned if not stage.endswith(".dvc")}
+
+
+def upstream_of(targets: set[str], edges: list[tuple[str, str]]) -> set[str]:
+    """``targets`` and every stage upstream of one of them: all that `dvc repro <targets>` may run."""
+    above = collections.defaultdict(set)
+    for upstream, downstream in edges:
+        above[downstream].add(upstream)
+    found, todo = set(), list(targets)
+    while todo:
+        stage = todo.pop()
+        if stage not in found:
+            found.add(stage)
+            todo.extend(above[stage])
+    return found
 
 
 def format_duration(seconds: float) -> str:
@@ -131,8 +145,10 @@ def _dvc(*args: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    plan = planned_stages(changed_stages(json.loads(_dvc("status", "--json") or "{}")),
-                          parse_dot_edges(_dvc("dag", "--dot")))
+    edges = parse_dot_edges(_dvc("dag", "--dot"))
+    plan = planned_stages(changed_stages(json.loads(_dvc("status", "--json") or "{}")), edges)
+    if targets := {arg for arg in argv if not arg.startswith("-")}:   # e.g. `make repro` runs `... report`
+        plan &= upstream_of(targets, edges)
     print(f"dvc repro: {len(plan)} stage(s) to run (cell outputs go to the executed notebooks in results/notebooks/)",
           flush=True)
     progress = Progress(len(plan), sys.stdout)

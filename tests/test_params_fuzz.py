@@ -100,6 +100,12 @@ MUTATIONS = [
      ["ablation.variants.eat_aggregate_mean.options", "'splt'"]),
     ("ablation.variants.eat_aggregate_mean.match_compute", "eat_x",
      ["ablation.variants.eat_aggregate_mean.match_compute", "'eat_x'"]),
+    # readings
+    ("readings.arch", "vgg", ["readings.arch", "'vgg'"]),
+    ("readings.seeds", [1, 1], ["readings.seeds", "[1, 1]"]),
+    ("readings.variants.transfer_others.transfer", "selfish",
+     ["readings.variants.transfer_others", "'selfish'"]),
+    ("readings.variants.transfer_others.membrs", 5, ["readings.variants.transfer_others", "'membrs'"]),
 ]
 
 

@@ -42,6 +42,7 @@ def tiny_profile(params: dict) -> dict:
     params["attacks"]["suite"] = [{"name": "fgsm_centroid_random", "optimizer": "fgsm", "eps": "8/255",
                                    "objective": "centroid", "target": "random"}]
     params["ablation"]["variants"] = {"eat_aggregate_mean": {"defense": "eat", "options": {"aggregate": "mean"}}}
+    params["readings"] = {"arch": "resnet", "seeds": [0, 1], "variants": {"transfer_others": {"transfer": "others"}}}
     return params
 
 
