@@ -340,7 +340,8 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
     if stale:
         print(f"report: left out {len(stale)} attack documents not in params.yaml (stale from an earlier run; delete "
               "them to be rid of them): " + ", ".join(map(str, stale)))
-    tables = write_tables(results, runs=runs)
+    variants = list(params.ablation.variants) if params.ablation is not None else []
+    tables = write_tables(results, runs=runs, variants=variants)
     metrics = load_metrics(results, runs=runs)
     sanity_rows = {f"{run.arch} / {run.defense}": run.data for run in metrics if "sanity" in run.data}
     if sanity_rows:  # the strong protocol's sanity checks, on the main seed's standard and EAT models
@@ -348,7 +349,7 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
         table = sanity.sanity_table({name: doc["sanity"] for name, doc in sanity_rows.items()}, specs)
         (results / "tables" / "sanity.md").write_text(table)
         tables.append(results / "tables" / "sanity.md")
-    figures = [p for p in write_figures(results, seed=params.seed, runs=runs) if p.suffix == ".png"]
+    figures = [p for p in write_figures(results, seed=params.seed, runs=runs, variants=variants) if p.suffix == ".png"]
     figures.append(Path(shutil.copy(Path(params.data.prepared) / "contact_sheet.png", figures_dir)))
     # The verdict stage's table and forest plot, beside the others (it writes them to results/verdict/ because
     # results/tables and results/figures are this stage's outputs).
@@ -389,7 +390,7 @@ def report(params: Params, results: str | Path = "results", *, tsne_defenses=("s
         if run.defense in params.pipeline.trained_defenses:
             timings[f"train/{name}"] = run.data["cost"]["train_seconds"]
         timings[f"attack/{name}"] = run.data["seconds"]
-    for run in load_ablation(results):
+    for run in load_ablation(results, variants=variants):
         variant = run.path.stem
         if "reuses" not in run.data:  # a reused model's training is the main run's, counted above
             timings[f"ablation/{variant}/train"] = run.data["cost"]["train_seconds"]

@@ -416,7 +416,8 @@ def plot_ablation(runs: Sequence[RunResult], out_path: str | Path | None = None,
 # ------------------------------------------------------------------------------------------------------ everything
 
 def write_figures(results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
-                  seed: int, runs: Collection[tuple[str, str, int]] | None = None) -> list[Path]:
+                  seed: int, runs: Collection[tuple[str, str, int]] | None = None,
+                  variants: Collection[str] | None = None) -> list[Path]:
     """The figures that need only results JSON, into ``out_dir`` (default ``results_dir/figures``):
     ``robustness_eps.png``, ``eps_curves.csv`` (tidy) and ``eps_curves_wide.csv`` (for ``dvc plots``), all from
     the metrics sweeps of training seed ``seed`` (the main seed, params ``seed``), and ``ablation.png`` when
@@ -435,7 +436,7 @@ def write_figures(results_dir: str | Path = "results", out_dir: str | Path | Non
     ]
     plot_robustness_curves(documents, out_dir / "robustness_eps.png", seed=seed)
     written.append(out_dir / "robustness_eps.png")
-    ablation = load_ablation(results_dir)
+    ablation = load_ablation(results_dir, variants=variants)
     if ablation:
         plot_ablation(ablation, out_dir / "ablation.png")
         written.append(out_dir / "ablation.png")

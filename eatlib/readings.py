@@ -67,7 +67,7 @@ def load_readings(results_dir: str | Path, arch: str, names: Iterable[str], seed
 
 def budgets(index: dict, arch: str, name: str) -> dict:
     """The reading's forward-backward images over each of :data:`BUDGET_RIVALS`' of the same seed: per seed and
-    their mean (``None`` where the rival has no document)."""
+    their mean (``None`` where the rival has no document); and its mean training and attack seconds per seed."""
     out = {}
     for rival in BUDGET_RIVALS:
         ratios = {seed: index[(a, d, seed)]["cost"]["forward_backward_images"]
@@ -75,6 +75,11 @@ def budgets(index: dict, arch: str, name: str) -> dict:
                   for (a, d, seed) in index if a == arch and d == name and (arch, rival, seed) in index}
         out[rival] = {"per_seed": {str(s): round(r, 3) for s, r in sorted(ratios.items())},
                       "mean": round(float(np.mean(list(ratios.values()))), 3) if ratios else None}
+    own = [doc for (a, d, _), doc in index.items() if a == arch and d == name]
+    for key, seconds in (("train_seconds", lambda doc: doc["cost"]["train_seconds"]),
+                         ("attack_seconds", lambda doc: doc.get("seconds"))):
+        values = [seconds(doc) for doc in own if seconds(doc) is not None]
+        out[key] = round(float(np.mean(values)), 1) if values else None
     return out
 
 
@@ -106,10 +111,12 @@ def compare_readings(reading_documents: Iterable[dict], main_documents: Iterable
 
 def budget_table(result: dict) -> str:
     """One row per reading: its forward-backward images relative to the default EAT and PGD-AT (mean over seeds)."""
-    lines = ["| reading | forward-backward images / EAT (defenses.eat) | / PGD-AT |", "|---|--:|--:|"]
+    lines = ["| reading | forward-backward images / EAT (defenses.eat) | / PGD-AT | training s per seed "
+             "| attack s per seed |", "|---|--:|--:|--:|--:|"]
     for name, entries in result.items():
         budget = entries["_budget"]
         cells = [f"{budget[r]['mean']:.2f}x" if budget[r]["mean"] is not None else "—" for r in BUDGET_RIVALS]
+        cells += [f"{budget[k]:.0f}" if budget.get(k) is not None else "—" for k in ("train_seconds", "attack_seconds")]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 

@@ -203,9 +203,12 @@ def runs_of_seed(runs: list[RunResult], seed: int) -> list[RunResult]:
     return [run for run in runs if run.seed == seed]
 
 
-def load_ablation(results_dir: str | Path = "results") -> list[RunResult]:
-    """Every ``<results_dir>/ablation/<variant>.json`` (each also needs a ``variant`` object); may be empty."""
-    runs = [_read_run(path) for path in sorted((Path(results_dir) / "ablation").glob("*.json"))]
+def load_ablation(results_dir: str | Path = "results", *, variants: Collection[str] | None = None) -> list[RunResult]:
+    """Every ``<results_dir>/ablation/<variant>.json`` (each also needs a ``variant`` object); may be empty.
+    ``variants`` (the names of ``ablation.variants``): only those are read, so a variant removed from params.yaml
+    leaves no stale row."""
+    paths = sorted((Path(results_dir) / "ablation").glob("*.json"))
+    runs = [_read_run(path) for path in paths if variants is None or path.stem in variants]
     for run in runs:
         if not isinstance(run.get("variant"), dict):
             raise ResultsError(f"{run.path}: 'variant' must be an object of parameter values, e.g. {{\"members\": 5}}")
@@ -600,13 +603,14 @@ def write_table(table: pd.DataFrame, out_dir: str | Path, name: str) -> list[Pat
 
 
 def write_tables(results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
-                 runs: Collection[tuple[str, str, int]] | None = None) -> list[Path]:
+                 runs: Collection[tuple[str, str, int]] | None = None,
+                 variants: Collection[str] | None = None) -> list[Path]:
     """Write ``main.{md,tex,csv}`` (from ``results_dir/metrics``; ``runs`` goes to :func:`load_metrics`) and, if
-    ``results_dir/ablation`` holds variants, ``ablation.{md,tex,csv}`` into ``out_dir`` (default
-    ``results_dir/tables``). Returns the written paths."""
+    ``results_dir/ablation`` holds variants (of ``variants``, when given), ``ablation.{md,tex,csv}`` into
+    ``out_dir`` (default ``results_dir/tables``). Returns the written paths."""
     out_dir = Path(out_dir) if out_dir is not None else Path(results_dir) / "tables"
     written = write_table(main_table(load_metrics(results_dir, runs=runs)), out_dir, "main")
-    ablation = load_ablation(results_dir)
+    ablation = load_ablation(results_dir, variants=variants)
     if ablation:
         written += write_table(ablation_table(ablation), out_dir, "ablation")
     return written

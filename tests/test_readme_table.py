@@ -104,3 +104,23 @@ def test_the_readme_gets_the_report_tables_means_sds_and_seeds_column(tmp_path):
     mean, sd = sum(clean) / len(clean), (sum((c - sum(clean) / 3) ** 2 for c in clean) / 2) ** 0.5
     eat = next(line for line in inside.split("**resnet**")[1].splitlines() if line.startswith("| eat |"))
     assert f"{mean:.3f} ± {sd:.3f}" in eat and eat.rstrip(" |").endswith("| 3")
+
+
+def test_the_command_line_copies_the_verdict_and_readings_tables_where_the_readme_has_their_markers(tmp_path):
+    tables = tmp_path / "results" / "tables"
+    (tmp_path / "results" / "verdict_readings").mkdir(parents=True)
+    tables.mkdir()
+    (tables / "main.md").write_text(TABLE)
+    (tables / "verdict.md").write_text("| verdict row |\n")
+    (tmp_path / "results" / "verdict_readings" / "verdict_readings.md").write_text("| readings row |\n")
+    marks = {name: f"<!-- results:{name}:start -->\nold\n<!-- results:{name}:end -->\n" for name in ("verdict",
+                                                                                                    "readings")}
+    readme = tmp_path / "README.md"
+    readme.write_text(README + marks["verdict"] + marks["readings"])
+    done = subprocess.run([sys.executable, str(SCRIPT), "--readme", str(readme), "--table", str(tables / "main.md")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text = readme.read_text()
+    assert "<!-- results:verdict:start -->\n| verdict row |\n<!-- results:verdict:end -->" in text
+    assert "<!-- results:readings:start -->\n| readings row |\n<!-- results:readings:end -->" in text
+    assert "old" not in text

@@ -191,3 +191,13 @@ def test_the_report_stage_tabulates_and_times_only_what_params_makes(two_seeds, 
     assert attacks == {f"attack/{arch}/{defense}/seed0" for arch, defense, _ in SEED0}
     csv = report.read_csv_table(root / "tables" / "main.csv")
     assert (csv.xs("seeds", axis=1, level=2) == 1).all().all()
+
+
+def test_an_ablation_variant_no_longer_in_params_is_never_read(tmp_path):
+    from eatlib.report import load_ablation
+
+    (tmp_path / "ablation").mkdir()
+    (tmp_path / "ablation" / "removed_variant.json").write_text("{not json")
+    with pytest.raises(ResultsError):
+        load_ablation(tmp_path)
+    assert load_ablation(tmp_path, variants=["eat_aggregate_mean"]) == []
