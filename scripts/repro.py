@@ -38,32 +38,30 @@ def parse_dot_edges(dot: str) -> list[tuple[str, str]]:
     return re.findall(r'^"([^"]+)" -> "([^"]+)";$', dot, flags=re.MULTILINE)
 
 
-def planned_stages(changed: set[str], edges: list[tuple[str, str]]) -> set[str]:
-    """``changed`` and every stage downstream of one of them: what `dvc repro` will run."""
-    below = collections.defaultdict(set)
-    for upstream, downstream in edges:
-        below[upstream].add(downstream)
-    planned, todo = set(), list(changed)
-    while todo:
-        stage = todo.pop()
-        if stage not in planned:
-            planned.add(stage)
-            todo.extend(below[stage])
-    return {stage for stage in planned if not stage.endswith(".dvc")}
-
-
-def upstream_of(targets: set[str], edges: list[tuple[str, str]]) -> set[str]:
-    """``targets`` and every stage upstream of one of them: all that `dvc repro <targets>` may run."""
-    above = collections.defaultdict(set)
-    for upstream, downstream in edges:
-        above[downstream].add(upstream)
-    found, todo = set(), list(targets)
+def reachable(starts: set[str], edges: list[tuple[str, str]], *, upstream: bool = False) -> set[str]:
+    """``starts`` and every stage downstream of one of them (``upstream=True``: upstream)."""
+    neighbours = collections.defaultdict(set)
+    for above, below in edges:
+        if upstream:
+            neighbours[below].add(above)
+        else:
+            neighbours[above].add(below)
+    found, todo = set(), list(starts)
     while todo:
         stage = todo.pop()
         if stage not in found:
             found.add(stage)
-            todo.extend(above[stage])
+            todo.extend(neighbours[stage])
     return found
+
+
+def planned_stages(changed: set[str], edges: list[tuple[str, str]], targets: set[str] = frozenset()) -> set[str]:
+    """``changed`` and every stage downstream of one of them: what `dvc repro` will run; with ``targets``
+    (`dvc repro <targets>`), only those of them at or upstream of a target."""
+    planned = reachable(changed, edges)
+    if targets:
+        planned &= reachable(targets, edges, upstream=True)
+    return {stage for stage in planned if not stage.endswith(".dvc")}
 
 
 def format_duration(seconds: float) -> str:
@@ -146,9 +144,8 @@ def _dvc(*args: str) -> str:
 
 def main(argv: list[str]) -> int:
     edges = parse_dot_edges(_dvc("dag", "--dot"))
-    plan = planned_stages(changed_stages(json.loads(_dvc("status", "--json") or "{}")), edges)
-    if targets := {arg for arg in argv if not arg.startswith("-")}:   # e.g. `make repro` runs `... report`
-        plan &= upstream_of(targets, edges)
+    targets = {arg for arg in argv if not arg.startswith("-")}   # e.g. `make repro` runs `... report`
+    plan = planned_stages(changed_stages(json.loads(_dvc("status", "--json") or "{}")), edges, targets)
     print(f"dvc repro: {len(plan)} stage(s) to run (cell outputs go to the executed notebooks in results/notebooks/)",
           flush=True)
     progress = Progress(len(plan), sys.stdout)

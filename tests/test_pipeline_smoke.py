@@ -42,7 +42,7 @@ def tiny_profile(params: dict) -> dict:
     params["attacks"]["suite"] = [{"name": "fgsm_centroid_random", "optimizer": "fgsm", "eps": "8/255",
                                    "objective": "centroid", "target": "random"}]
     params["ablation"]["variants"] = {"eat_aggregate_mean": {"defense": "eat", "options": {"aggregate": "mean"}}}
-    params["readings"] = {"arch": "resnet", "seeds": [0, 1], "variants": {"transfer_others": {"transfer": "others"}}}
+    params["readings"] = {"arch": "resnet", "seeds": [1], "variants": {"transfer_others": {"transfer": "others"}}}
     return params
 
 
@@ -164,6 +164,13 @@ def test_every_declared_output_exists_and_parses(repo):
     assert (copy / "results/tables/verdict.md").read_text() == (copy / "results/verdict/verdict.md").read_text()
     timings = json.loads((copy / "results/timings.json").read_text())
     assert timings["total"] > 0 and "train/resnet/eat/seed1" in timings
+    # A reading of EAT: trained with its own options and seed, attacked like the main runs, compared with them.
+    reading = json.loads((copy / "results/readings/metrics/resnet/transfer_others/seed1.json").read_text())
+    assert reading["config"]["defense_options"]["transfer"] == "others" and reading["seed"] == 1
+    assert reading["reading"]["overrides"] == {"transfer": "others"} and reading["subset"] == first["subset"]
+    readings = json.loads((copy / "results/verdict_readings.json").read_text())["resnet"]["transfer_others"]
+    assert readings["vs_pgd_at"]["seeds"] == 1 and readings["vs_eat"]["b"] == "eat"
+    assert (copy / "results/verdict_readings/verdict_readings.png").stat().st_size > 1000
     for notebook in (copy / "results/notebooks").rglob("*.ipynb"):
         assert json.loads(notebook.read_text())["cells"], notebook
 
@@ -210,8 +217,9 @@ def test_editing_one_eat_param_reruns_only_the_stages_that_read_it_and_the_rerun
 
 def test_dvc_exp_run_with_a_changed_ensemble_size_after_a_run(repo):
     copy, _, env, dvc = repo
-    out = _run([*dvc, "exp", "run", "-S", "defenses.eat.members=3"], copy, env)
-    assert "Running stage 'train@resnet-eat-0'" in out
+    # One target (and what it needs), not the whole pipeline again: the test is about `dvc exp run -S` itself.
+    out = _run([*dvc, "exp", "run", "-S", "defenses.eat.members=3", "attack@resnet-eat-1"], copy, env)
+    assert "Running stage 'train@resnet-eat-1'" in out and "Running stage 'train@mobilenet-eat-1'" not in out
     model = _doc(copy, "resnet", "eat", 1)
     assert sorted(model["members"]) == ["0", "1", "2"]
     assert yaml.safe_load((copy / "params.yaml").read_text())["defenses"]["eat"]["members"] == 3

@@ -72,6 +72,8 @@ def test_the_plan_is_every_changed_stage_and_everything_downstream_of_it():
     changed = repro.changed_stages({"data.dvc": [], "train@r-eat": [{"changed deps": {"eatlib": "modified"}}]})
     assert repro.planned_stages(changed, edges) == {"train@r-eat", "attack@r-eat"}
     assert repro.planned_stages({"data"}, edges) == {"data", "train@r-eat", "attack@r-eat", "train@r-std"}
+    # `dvc repro attack@r-eat` runs only what that target needs.
+    assert repro.planned_stages({"data"}, edges, {"attack@r-eat"}) == {"data", "train@r-eat", "attack@r-eat"}
 
 
 def test_durations_read_like_a_clock():
