@@ -41,7 +41,7 @@ paper: env
 		$(RUN) $(BIN)/dvc exp run --name paper-$(DATASET) $$overrides -S data.name=$(DATASET) $(PAPER_ARGS) report
 
 # The readings of EAT in params.yaml (readings.variants, each over readings.seeds on readings.arch), trained and
-# attacked in this workspace beside the default run's models (which `make repro` makes first, if missing), then
+# attacked in this workspace beside the default run's models (`dvc repro readings` makes those first if missing), then
 # compared with them: results/verdict_readings.json and results/verdict_readings/ (notebook 08). About 5 min per
 # reading and seed on this CPU; add readings to params.yaml (its comment lists more), or remove some.
 verdict-grid: env

@@ -21,8 +21,9 @@ _EVAL_OFFSET = 0.22   # the evaluation bar sits this far below the seed bar of i
 
 @_themed
 def forest_plot(verdict: dict, out_path: str | Path | None = None, *,
-                metrics: Sequence[str] = ("ami", "ari")) -> Figure:
-    """Draw ``verdict`` (as returned by :func:`eatlib.verdict.verdict`) and, given ``out_path``, save it as a PNG."""
+                metrics: Sequence[str] = ("ami", "ari"), difference: str = "EAT − rival") -> Figure:
+    """Draw ``verdict`` (as returned by :func:`eatlib.verdict.verdict`) and, given ``out_path``, save it as a PNG.
+    ``difference`` names what each row's difference is, in the panel titles."""
     rows = [(f"{arch} · {entry.get('label', name)}", entry)
             for arch, comparisons in verdict.items() for name, entry in comparisons.items()]
     if not rows:
@@ -40,7 +41,7 @@ def forest_plot(verdict: dict, out_path: str | Path | None = None, *,
             ax.hlines(y + _EVAL_OFFSET, *e["eval_ci95"], color=color, linewidth=1.5)
             ax.plot(e["diff_mean"], y, marker="o", markersize=6, color=color, zorder=3)
         ax.axvline(0, color="black", linewidth=0.9)
-        ax.set_title(f"{metric.upper()} difference (EAT − rival)")
+        ax.set_title(f"{metric.upper()} difference ({difference})")
         ax.grid(axis="y", visible=False)
     axes[0].set_yticks(range(len(rows)), [label for label, _ in rows])
     axes[0].invert_yaxis()

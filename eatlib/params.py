@@ -512,10 +512,11 @@ class ReadingsConfig:
     def __post_init__(self):
         _check(bool(self.seeds) and all(isinstance(s, int) and s >= 0 for s in self.seeds)
                and len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "distinct integers >= 0")
+        taken = {*TRAINING_DEFENSES, *INFERENCE_DEFENSES, MATCHED, "nan", "inf"}
         for name in self.variants:
-            _check(re.fullmatch(r"[a-z0-9_]+", name) is not None and name not in TRAINING_DEFENSES,
-                   "variants", name, "names of lower-case letters, digits and _ that are not a defense's name "
-                   "(they name files and DVC stages)")
+            _check(re.fullmatch(r"[a-z][a-z0-9_]*", name) is not None and name not in taken,
+                   "variants", name, "names of lower-case letters, digits and _, starting with a letter, that are "
+                   "not a defense's name (they name files and DVC stages, and stand in a defense's place)")
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -608,7 +609,7 @@ class Params:
         fewer seeds or architectures is not refused for readings it does not run): the comparison set's models of
         ``readings.arch`` and of every seed of ``readings.seeds``."""
         readings = self.readings
-        _check(readings is not None, "readings", None, "a readings section (see params.yaml)")
+        _check(readings is not None, "readings", None, "a readings section (see params.yaml; `variants: {}` runs none)")
         _check(readings.arch in self.pipeline.archs, "readings.arch", readings.arch,
                f"one of pipeline.archs {self.pipeline.archs} (its comparison set is the readings' rivals)")
         outside = sorted(set(readings.seeds) - set(self.pipeline.seeds))

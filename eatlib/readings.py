@@ -84,11 +84,12 @@ def budgets(index: dict, arch: str, name: str) -> dict:
 
 
 def compare_readings(reading_documents: Iterable[dict], main_documents: Iterable[dict], *, arch: str,
-                     names: Sequence[str]) -> tuple[dict, list[str]]:
+                     names: Sequence[str], seeds: Collection[int] | None = None) -> tuple[dict, list[str]]:
     """``({reading: {comparison: entry}}, notes)``: :data:`READING_COMPARISONS` for each reading of ``names`` on
     ``arch``, entries as in :func:`eatlib.verdict.verdict` plus ``budget`` (see :func:`budgets`) per reading under
-    the key ``"_budget"``."""
-    main = [doc for doc in main_documents if doc["arch"] == arch]
+    the key ``"_budget"``. ``seeds`` (``readings.seeds``): the main run's other seeds are not the readings' rivals,
+    so they are not reported as unpaired."""
+    main = [doc for doc in main_documents if doc["arch"] == arch and (seeds is None or doc["seed"] in seeds)]
     clash = sorted({doc["defense"] for doc in main} & set(names))
     if clash:
         raise ResultsError(f"readings {clash} have the name of a defense of the main run; rename them in "
@@ -111,7 +112,7 @@ def compare_readings(reading_documents: Iterable[dict], main_documents: Iterable
 
 def budget_table(result: dict) -> str:
     """One row per reading: its forward-backward images relative to the default EAT and PGD-AT (mean over seeds)."""
-    lines = ["| reading | forward-backward images / EAT (defenses.eat) | / PGD-AT | training s per seed "
+    lines = ["| EAT reading | forward-backward images / EAT (defenses.eat) | / PGD-AT | training s per seed "
              "| attack s per seed |", "|---|--:|--:|--:|--:|"]
     for name, entries in result.items():
         budget = entries["_budget"]
@@ -131,18 +132,21 @@ def write_readings(results_dir: str | Path, *, arch: str, names: Sequence[str], 
 
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "verdict_readings"
+    if runs is not None:  # only this arch's documents of these seeds are read
+        runs = {run for run in runs if run[0] == arch and run[2] in seeds}
     main = load_documents(results_dir, runs=runs)
-    result, notes = compare_readings(load_readings(results_dir, arch, names, seeds), main, arch=arch, names=names)
+    result, notes = compare_readings(load_readings(results_dir, arch, names, seeds), main, arch=arch, names=names,
+                                     seeds=seeds)
     if not result:
         raise ResultsError("no reading could be compared:\n" + "\n".join(notes))
     comparisons = {name: {k: v for k, v in entries.items() if not k.startswith("_")}
                    for name, entries in result.items()}
-    table = markdown_table(comparisons, notes, caption=f"{CAPTION} Architecture: {arch}.", group="reading")
+    table = markdown_table(comparisons, notes, caption=f"{CAPTION} Architecture: {arch}.", group="EAT reading")
     table += "\nCompute of each reading (mean over seeds):\n\n" + budget_table(result)
     paths = [write_atomic(results_dir / "verdict_readings.json", json.dumps({arch: result}, indent=1) + "\n"),
              write_atomic(out_dir / "verdict_readings.md", table)]
     figure_path = out_dir / "verdict_readings.png"
-    forest_plot(comparisons, out_path=figure_path)
+    forest_plot(comparisons, out_path=figure_path, difference="reading − rival")
     return [*paths, figure_path]
 
 

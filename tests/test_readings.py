@@ -54,6 +54,12 @@ def test_a_reading_with_missing_seeds_is_paired_on_the_seeds_it_has_and_the_note
     assert any(note.startswith("momentum vs_pgd_at") and "[2]" in note for note in notes)
 
 
+def test_main_run_seeds_outside_the_readings_seeds_are_not_rivals_and_raise_no_note():
+    result, notes = compare_readings(_reading("others", [0.45, 0.46]), _main(), arch="resnet", names=["others"],
+                                     seeds=[0, 1])
+    assert result["others"]["vs_pgd_at"]["seeds"] == 2 and notes == []
+
+
 def test_a_reading_named_like_a_main_defense_is_refused():
     with pytest.raises(ResultsError, match="rename"):
         compare_readings(_reading("pgd_at", [0.3, 0.3, 0.3]), _main(), arch="resnet", names=["pgd_at"])
@@ -105,5 +111,6 @@ def test_readings_params_are_validated_before_any_work(tmp_path):
         load_params(_params_with(tmp_path, {"arch": "vit", "seeds": [0], "variants": {}}))
     with pytest.raises(ConfigError, match="readings.variants.x"):
         load_params(_params_with(tmp_path, {"arch": "resnet", "seeds": [0], "variants": {"x": {"transfer": "nope"}}}))
-    with pytest.raises(ConfigError, match="variants"):
-        load_params(_params_with(tmp_path, {"arch": "resnet", "seeds": [0], "variants": {"pgd_at": {}}}))
+    for taken in ("pgd_at", "pgd_at_matched", "randomization", "nan", "5members"):
+        with pytest.raises(ConfigError, match="variants"):
+            load_params(_params_with(tmp_path, {"arch": "resnet", "seeds": [0], "variants": {taken: {}}}))
