@@ -75,7 +75,8 @@ def commit(copy: Path, env: dict, message: str) -> None:
 
 def reproduce(copy: Path, params: dict, prepare=None):
     """A git copy of the tracked files at ``copy`` with ``params`` as its params.yaml; ``prepare(copy)`` (e.g. to
-    place a dataset under data/) is called, then `dvc repro` runs there as `make repro` does, and everything is
+    place a dataset under data/) is called, then `dvc repro` runs there (every stage: `make repro` and `make
+    verdict-grid` together), and everything is
     committed (so that `dvc exp run` can follow). Returns (env, dvc command)."""
     env = git_copy(copy)
     (copy / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
