@@ -227,11 +227,15 @@ def test_dvc_exp_run_with_a_changed_ensemble_size_after_a_run(repo):
 
 
 def _kill_tree(process: subprocess.Popen) -> None:
-    """SIGKILL ``process`` and every descendant (papermill's kernel runs in a session of its own)."""
+    """SIGKILL ``process`` and every descendant (papermill's kernel runs in a session of its own).
+
+    DVC goes first: killed after its command, it lives long enough to see the command fail and starts rewriting
+    ``.dvc/tmp/rwlock``, and a kill mid-write leaves that file empty (CI saw it: every later ``dvc repro`` failed).
+    """
     import psutil
 
     parent = psutil.Process(process.pid)
-    for child in [*parent.children(recursive=True), parent]:
+    for child in [parent, *parent.children(recursive=True)]:
         try:
             child.send_signal(signal.SIGKILL)
         except psutil.NoSuchProcess:
