@@ -23,7 +23,7 @@ import numpy as np
 from eatlib.atomic import write_atomic
 from eatlib.layout import reading_metrics_path
 from eatlib.report import ResultsError
-from eatlib.verdict import RESOLVE, Comparison, _compare, _index, load_documents, markdown_table
+from eatlib.verdict import RESOLVE, Comparison, compare_method, index_documents, load_documents, markdown_table
 
 READING_COMPARISONS = (
     Comparison("vs_pgd_at", "pgd_at", "worst", "vs PGD-AT (equal epochs)"),
@@ -94,12 +94,12 @@ def compare_readings(reading_documents: Iterable[dict], main_documents: Iterable
     if clash:
         raise ResultsError(f"readings {clash} have the name of a defense of the main run; rename them in "
                            "readings.variants")
-    index = _index([*main, *reading_documents])
+    index = index_documents([*main, *reading_documents])
     result, notes = {}, []
     for name in names:
         entries, own_notes = {}, []
         for comparison in READING_COMPARISONS:
-            entry = _compare(index, arch, comparison, own_notes, method=name)
+            entry = compare_method(index, arch, comparison, own_notes, method=name)
             if entry is not None:
                 entries[comparison.name] = entry
         notes += [f"{name} {note.removeprefix(f'{arch}/')}" for note in own_notes]

@@ -172,7 +172,8 @@ def _doc_key(doc: dict) -> tuple[str, str, int]:
     return str(doc["arch"]), str(doc["defense"]), int(doc["seed"])
 
 
-def _index(documents: Iterable[dict]) -> dict[tuple[str, str, int], dict]:
+def index_documents(documents: Iterable[dict]) -> dict[tuple[str, str, int], dict]:
+    """Attack documents by (arch, defense, seed); two for one key is an error, not a silent overwrite."""
     index = {}
     for doc in documents:
         key = _doc_key(doc)
@@ -218,20 +219,25 @@ def _pairing_note(noise_a: dict, noise_b: dict, where: str) -> str | None:
                               "labels); the evaluation interval is then wider than a paired one")
 
 
-def _compare(index: dict, arch: str, comparison: Comparison, notes: list[str], *,
-             method: str = METHOD) -> dict | None:
+def compare_method(index: dict, arch: str, comparison: Comparison, notes: list[str], *,
+                   method: str = METHOD) -> dict | None:
+    """One comparison's entry with ``method`` (EAT, or a reading of it) on the EAT side, or None with a note.
+
+    Seeds pair across the two sides; a seed with one side only, or without evaluation noise, is left out and
+    named in ``notes``.
+    """
     where = f"{arch}/{comparison.name}"
-    eat_seeds = sorted(s for (a, d, s) in index if a == arch and d == method)
+    method_seeds = sorted(s for (a, d, s) in index if a == arch and d == method)
     if comparison.rival == BEST_MEMBER:
-        rival_seeds = eat_seeds
+        rival_seeds = method_seeds
     else:
         rival_seeds = sorted(s for (a, d, s) in index if a == arch and d == comparison.rival)
-    if not eat_seeds or not rival_seeds:
-        missing = method if not eat_seeds else comparison.rival
+    if not method_seeds or not rival_seeds:
+        missing = method if not method_seeds else comparison.rival
         notes.append(f"{where}: skipped, no attack documents for {missing}")
         return None
-    seeds = sorted(set(eat_seeds) & set(rival_seeds))
-    if unpaired := sorted(set(eat_seeds) ^ set(rival_seeds)):
+    seeds = sorted(set(method_seeds) & set(rival_seeds))
+    if unpaired := sorted(set(method_seeds) ^ set(rival_seeds)):
         notes.append(f"{where}: seeds {unpaired} have only one side and are left out")
     if not seeds:
         notes.append(f"{where}: skipped, no seed has both {method} and {comparison.rival}")
@@ -290,13 +296,13 @@ def _compare(index: dict, arch: str, comparison: Comparison, notes: list[str], *
 
 def compare(documents: Iterable[dict], *, archs: Sequence[str] | None = None) -> tuple[dict, list[str]]:
     """``(verdict, notes)``: the verdict (see :func:`verdict`) and one line per comparison or seed left out."""
-    index = _index(documents)
+    index = index_documents(documents)
     if archs is None:
         archs = list(dict.fromkeys(a for a, _, _ in index))
     notes: list[str] = []
     result = {}
     for arch in archs:
-        entries = {c.name: e for c in COMPARISONS if (e := _compare(index, arch, c, notes)) is not None}
+        entries = {c.name: e for c in COMPARISONS if (e := compare_method(index, arch, c, notes)) is not None}
         if entries:
             result[arch] = entries
         else:
