@@ -5,6 +5,8 @@
     results/summary/<arch>/<defense>/seed<k>.json   the few numbers DVC shows
     results/readings/models/<arch>/<reading>/seed<k>.pt, results/readings/metrics/<arch>/<reading>/seed<k>.json
                                                     the same for the readings of EAT (`make verdict-grid`)
+    results/readings/{models,metrics}/<arch>/<reading>/pgd_at_matched/seed<k>.{pt,json}
+                                                    PGD-AT given that reading's compute (readings.matched)
 
 Inference defenses and single-seed defenses have one document, at the top-level ``seed``. This module imports
 nothing of eatlib, so the pipeline, the report and the summary can all share it.
@@ -16,6 +18,7 @@ import re
 from pathlib import Path
 
 SEED_FILE = re.compile(r"seed(\d+)")   # the stem of a per-seed file: seed0, seed1, ...
+MATCHED = "pgd_at_matched"  # PGD-AT trained until it has spent another run's forward-backward images
 
 
 def seed_name(seed: int) -> str:
@@ -61,3 +64,14 @@ def reading_model_path(arch: str, reading: str, results: str | Path = "results",
 def reading_metrics_path(arch: str, reading: str, results: str | Path = "results", seed: int = 0) -> Path:
     """Its attack document: ``results/readings/metrics/<arch>/<reading>/seed<k>.json``."""
     return Path(results) / "readings" / "metrics" / arch / reading / f"{seed_name(seed)}.json"
+
+
+def reading_matched_model_path(arch: str, reading: str, results: str | Path = "results", seed: int = 0) -> Path:
+    """PGD-AT given reading ``reading``'s compute of seed ``seed``:
+    ``results/readings/models/<arch>/<reading>/pgd_at_matched/seed<k>.pt``."""
+    return reading_model_path(arch, reading, results, seed).parent / MATCHED / f"{seed_name(seed)}.pt"
+
+
+def reading_matched_metrics_path(arch: str, reading: str, results: str | Path = "results", seed: int = 0) -> Path:
+    """Its attack document: ``results/readings/metrics/<arch>/<reading>/pgd_at_matched/seed<k>.json``."""
+    return reading_metrics_path(arch, reading, results, seed).parent / MATCHED / f"{seed_name(seed)}.json"

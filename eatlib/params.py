@@ -28,6 +28,8 @@ from typing import Any
 
 import yaml
 
+from eatlib.layout import MATCHED  # PGD-AT given EAT's compute of the same seed
+
 
 class ConfigError(ValueError):
     """A bad parameter: the message names the key, the value and what is allowed."""
@@ -474,7 +476,6 @@ class PipelineConfig:
         return list(self.seeds) if defense in self.compared or defense == MATCHED else [main_seed]
 
 
-MATCHED = "pgd_at_matched"  # PGD-AT trained until it has spent EAT's forward-backward images of the same seed
 
 
 @dataclass(frozen=True)
@@ -508,10 +509,16 @@ class ReadingsConfig:
     arch: str
     seeds: list[int] = field(default_factory=lambda: [0])
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Readings that PGD-AT is also given the compute of, seed by seed (stage reading-matched): equal compute for
+    # a reading that costs more than the default EAT.
+    matched: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         _check(bool(self.seeds) and all(isinstance(s, int) and s >= 0 for s in self.seeds)
                and len(set(self.seeds)) == len(self.seeds), "seeds", self.seeds, "distinct integers >= 0")
+        unknown = [name for name in self.matched if name not in self.variants]
+        _check(not unknown and len(set(self.matched)) == len(self.matched), "matched", self.matched,
+               f"distinct names of readings.variants {sorted(self.variants)}")
         taken = {*TRAINING_DEFENSES, *INFERENCE_DEFENSES, MATCHED, "nan", "inf"}
         for name in self.variants:
             _check(re.fullmatch(r"[a-z][a-z0-9_]*", name) is not None and name not in taken,

@@ -25,12 +25,14 @@ from eatlib.layout import (  # noqa: F401 (metrics paths: for notebooks)
     metrics_path,
     model_path,
     pretrained_path,
+    reading_matched_metrics_path,
+    reading_matched_model_path,
     reading_metrics_path,
     reading_model_path,
 )
 from eatlib.metrics import embedding_metrics
 from eatlib.models import Ensemble, build_model, fold_batchnorm
-from eatlib.params import MATCHED, TRANSFER_SOURCES, Params, TrainConfig, to_dict
+from eatlib.params import MATCHED, TRANSFER_SOURCES, ConfigError, Params, TrainConfig, to_dict
 from eatlib.persistence import load_model
 from eatlib.plots import load_history, plot_training_curves, plot_tsne, write_figures, write_training_curves_csv
 from eatlib.report import load_ablation, load_metrics, stale_documents, write_tables
@@ -449,6 +451,32 @@ def reading(params: Params, name: str, seed: int, *, results: str | Path = "resu
                       splits=splits, results=results, progress=progress)
     document["reading"] = {"name": name, "overrides": params.readings.variants[name]}
     document["config"]["defense_options"] = to_dict(options)
+    return document
+
+
+def reading_matched(params: Params, name: str, seed: int, *, results: str | Path = "results",
+                    progress: bool = True) -> dict:
+    """PGD-AT given reading ``name``'s compute: ``defenses.pgd_at`` with training seed ``seed`` on
+    ``readings.arch``, trained for as many forward-backward images as that reading's run of the seed spent (at
+    PGD-AT's own cost per epoch, as ``pgd_at_matched`` is for the default EAT), then attacked like
+    ``pgd_at_matched``. Returns its document, for ``results/readings/metrics/<arch>/<name>/pgd_at_matched/
+    seed<k>.json``."""
+    params.check_readings()
+    arch = params.readings.arch
+    if name not in params.readings.matched:
+        raise ConfigError(f"readings.matched: {name!r} is not listed {params.readings.matched}; add it there")
+    schedule = matched_schedule(params.train, own=training_cost(model_path(arch, "pgd_at", results, seed)),
+                                target=training_cost(reading_model_path(arch, name, results, seed)))
+    splits = load_data(params)
+    path = reading_matched_model_path(arch, name, results, seed)
+    train(params, arch, "pgd_at", seed=seed, train_cfg=schedule, out_path=path,
+          run_dir=Path("runs") / "readings" / arch / name / MATCHED / f"seed{seed}", splits=splits,
+          results=results, progress=progress)
+    model = load_model(path, resolve_device(params.device))
+    document = attack(params, arch, MATCHED, seed=seed, model=model, cost=training_cost(path), sweep=False,
+                      splits=splits, results=results, progress=progress)
+    document["matched_to"] = {"reading": name, "epochs": schedule.epochs,
+                              "lr_milestones": list(schedule.lr_milestones)}
     return document
 
 

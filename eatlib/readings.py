@@ -9,7 +9,8 @@ with the main run's models. The default EAT is one more rival: does this reading
 Compute is not equal across readings (``others`` costs more per batch than ``each_member``, ``momentum`` the same):
 every reading reports its forward-backward images relative to the default EAT's and PGD-AT's, seed by seed, and
 "vs PGD-AT at EAT's compute" is PGD-AT at the *default* EAT's budget, so it is equal compute only where that ratio
-is 1.
+is 1. For the readings of ``readings.matched``, PGD-AT is also trained to the reading's own budget, seed by seed
+(stage ``reading-matched``): the comparison "vs PGD-AT at its own compute" is then equal compute.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from eatlib.atomic import write_atomic
-from eatlib.layout import reading_metrics_path
+from eatlib.layout import MATCHED, reading_matched_metrics_path, reading_metrics_path
 from eatlib.report import ResultsError
 from eatlib.verdict import RESOLVE, Comparison, compare_method, index_documents, load_documents, markdown_table
 
@@ -32,6 +33,7 @@ READING_COMPARISONS = (
     Comparison("vs_best_member", "best_member", "headline", "vs its best member (headline attack)"),
     Comparison("clean_vs_standard", "standard", "clean", "vs standard (clean)"),
 )
+OWN_COMPUTE = "vs_pgd_at_own_compute"   # the comparison against PGD-AT given the reading's own compute
 BUDGET_RIVALS = ("eat", "pgd_at")   # whose forward-backward images each reading's budget is given relative to
 
 CAPTION = (
@@ -39,30 +41,52 @@ CAPTION = (
     "main run's models: reading minus rival (positive: the reading is better), worst case of the attack protocol "
     "(clean for *vs standard*, headline attack for *vs its best member*). Intervals and reading rule as in the "
     f"verdict table: *ahead* / *behind* only when both 95% intervals clear 0; seeds for ±{RESOLVE} as there. "
-    "*vs PGD-AT at default EAT's compute* is equal compute only where the reading's budget ratio to EAT is 1."
+    "*vs PGD-AT at default EAT's compute* is equal compute only where the reading's budget ratio to EAT is 1; "
+    "*vs PGD-AT at its own compute* (readings of `readings.matched`) is PGD-AT trained to the reading's "
+    "forward-backward images of the same seed."
 )
 
 
-def load_readings(results_dir: str | Path, arch: str, names: Iterable[str], seeds: Iterable[int]) -> list[dict]:
+def matched_name(reading: str) -> str:
+    """How PGD-AT given ``reading``'s compute is indexed beside the defenses (no defense or reading has an @)."""
+    return f"{MATCHED}@{reading}"
+
+
+def own_compute_comparison(reading: str) -> Comparison:
+    return Comparison(OWN_COMPUTE, matched_name(reading), "worst", "vs PGD-AT at its own compute")
+
+
+def load_readings(results_dir: str | Path, arch: str, names: Iterable[str], seeds: Iterable[int],
+                  matched: Collection[str] = ()) -> list[dict]:
     """The attack documents of every reading and seed asked for (``results/readings/metrics/<arch>/<name>/
-    seed<k>.json``), each with ``defense`` set to the reading's name, so that it indexes like a defense. Missing
-    files are left out (the comparisons say which seeds they lack); files for other names or seeds are not read."""
+    seed<k>.json``), each with ``defense`` set to the reading's name, so that it indexes like a defense; and,
+    for the readings of ``matched``, those of PGD-AT given the reading's compute (``defense``:
+    :func:`matched_name`). Missing files are left out (the comparisons say which seeds they lack); files for other
+    names or seeds are not read."""
     documents = []
     for name in names:
         for seed in seeds:
-            path = reading_metrics_path(arch, name, results_dir, seed)
-            if not path.is_file():
-                continue
-            try:
-                doc = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as error:
-                raise ResultsError(f"{path}: cannot read it as JSON ({error}); delete it and re-run its stage "
-                                   f"(dvc repro reading@{name}-{seed})") from error
-            if doc.get("seed", seed) != seed or doc.get("arch", arch) != arch:
-                raise ResultsError(f"{path}: the document is {doc.get('arch')} seed {doc.get('seed')}, its path says "
-                                   f"{arch} seed {seed}; re-run its stage")
-            documents.append({**doc, "arch": arch, "seed": seed, "defense": name})
+            sources = [(reading_metrics_path(arch, name, results_dir, seed), name, f"reading@{name}-{seed}")]
+            if name in matched:
+                sources.append((reading_matched_metrics_path(arch, name, results_dir, seed), matched_name(name),
+                                f"reading-matched@{name}-{seed}"))
+            for path, defense, stage in sources:
+                if path.is_file():
+                    documents.append({**_read_document(path, arch, seed, stage), "arch": arch, "seed": seed,
+                                      "defense": defense})
     return documents
+
+
+def _read_document(path: Path, arch: str, seed: int, stage: str) -> dict:
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ResultsError(f"{path}: cannot read it as JSON ({error}); delete it and re-run its stage "
+                           f"(dvc repro {stage})") from error
+    if doc.get("seed", seed) != seed or doc.get("arch", arch) != arch:
+        raise ResultsError(f"{path}: the document is {doc.get('arch')} seed {doc.get('seed')}, its path says "
+                           f"{arch} seed {seed}; re-run its stage ({stage})")
+    return doc
 
 
 def budgets(index: dict, arch: str, name: str) -> dict:
@@ -75,6 +99,13 @@ def budgets(index: dict, arch: str, name: str) -> dict:
                   for (a, d, seed) in index if a == arch and d == name and (arch, rival, seed) in index}
         out[rival] = {"per_seed": {str(s): round(r, 3) for s, r in sorted(ratios.items())},
                       "mean": round(float(np.mean(list(ratios.values()))), 3) if ratios else None}
+    matched = {seed: index[(a, matched_name(name), seed)]["cost"]["forward_backward_images"]
+               / doc["cost"]["forward_backward_images"]
+               for (a, d, seed), doc in index.items() if a == arch and d == name
+               and (arch, matched_name(name), seed) in index}
+    if matched:  # PGD-AT at the reading's compute: about 1, up to the rounding of its epochs
+        out["pgd_at_own_compute"] = {"per_seed": {str(s): round(r, 3) for s, r in sorted(matched.items())},
+                                     "mean": round(float(np.mean(list(matched.values()))), 3)}
     own = [doc for (a, d, _), doc in index.items() if a == arch and d == name]
     for key, seconds in (("train_seconds", lambda doc: doc["cost"]["train_seconds"]),
                          ("attack_seconds", lambda doc: doc.get("seconds"))):
@@ -84,21 +115,25 @@ def budgets(index: dict, arch: str, name: str) -> dict:
 
 
 def compare_readings(reading_documents: Iterable[dict], main_documents: Iterable[dict], *, arch: str,
-                     names: Sequence[str], seeds: Collection[int] | None = None) -> tuple[dict, list[str]]:
+                     names: Sequence[str], seeds: Collection[int] | None = None,
+                     matched: Collection[str] = ()) -> tuple[dict, list[str]]:
     """``({reading: {comparison: entry}}, notes)``: :data:`READING_COMPARISONS` for each reading of ``names`` on
-    ``arch``, entries as in :func:`eatlib.verdict.verdict` plus ``budget`` (see :func:`budgets`) per reading under
-    the key ``"_budget"``. ``seeds`` (``readings.seeds``): the main run's other seeds are not the readings' rivals,
-    so they are not reported as unpaired."""
+    ``arch`` (and, for those of ``matched``, :func:`own_compute_comparison`), entries as in
+    :func:`eatlib.verdict.verdict` plus ``budget`` (see :func:`budgets`) per reading under the key ``"_budget"``.
+    ``seeds`` (``readings.seeds``): the main run's other seeds are not the readings' rivals, so they are not
+    reported as unpaired."""
     main = [doc for doc in main_documents if doc["arch"] == arch and (seeds is None or doc["seed"] in seeds)]
     clash = sorted({doc["defense"] for doc in main} & set(names))
     if clash:
         raise ResultsError(f"readings {clash} have the name of a defense of the main run; rename them in "
                            "readings.variants")
-    index = index_documents([*main, *reading_documents])
+    unlisted = {matched_name(name) for name in names if name not in matched}   # not rivals: not indexed
+    index = index_documents([*main, *(doc for doc in reading_documents if doc["defense"] not in unlisted)])
     result, notes = {}, []
     for name in names:
         entries, own_notes = {}, []
-        for comparison in READING_COMPARISONS:
+        own_compute = (own_compute_comparison(name),) if name in matched else ()
+        for comparison in (*READING_COMPARISONS[:3], *own_compute, *READING_COMPARISONS[3:]):
             entry = compare_method(index, arch, comparison, own_notes, method=name)
             if entry is not None:
                 entries[comparison.name] = entry
@@ -112,22 +147,24 @@ def compare_readings(reading_documents: Iterable[dict], main_documents: Iterable
 
 def budget_table(result: dict) -> str:
     """One row per reading: its forward-backward images relative to the default EAT and PGD-AT (mean over seeds)."""
-    lines = ["| EAT reading | forward-backward images / EAT (defenses.eat) | / PGD-AT | training s per seed "
-             "| attack s per seed |", "|---|--:|--:|--:|--:|"]
+    lines = ["| EAT reading | forward-backward images / EAT (defenses.eat) | / PGD-AT | PGD-AT at its compute / "
+             "reading | training s per seed | attack s per seed |", "|---|--:|--:|--:|--:|--:|"]
     for name, entries in result.items():
         budget = entries["_budget"]
-        cells = [f"{budget[r]['mean']:.2f}x" if budget[r]["mean"] is not None else "—" for r in BUDGET_RIVALS]
+        ratios = [budget[r]["mean"] for r in BUDGET_RIVALS] + [budget.get("pgd_at_own_compute", {}).get("mean")]
+        cells = [f"{ratio:.2f}x" if ratio is not None else "—" for ratio in ratios]
         cells += [f"{budget[k]:.0f}" if budget.get(k) is not None else "—" for k in ("train_seconds", "attack_seconds")]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines) + "\n"
 
 
 def write_readings(results_dir: str | Path, *, arch: str, names: Sequence[str], seeds: Sequence[int],
-                   runs: Collection[tuple[str, str, int]] | None = None,
+                   matched: Collection[str] = (), runs: Collection[tuple[str, str, int]] | None = None,
                    out_dir: str | Path | None = None) -> list[Path]:
     """Write ``<results_dir>/verdict_readings.json``, the table ``verdict_readings.md`` and the forest plot
-    ``verdict_readings.png`` (to ``out_dir``, default ``<results_dir>/verdict_readings``). ``runs``: the main run's
-    documents to read (``Params.attack_runs()``; stale files outside it are ignored). Returns the three paths."""
+    ``verdict_readings.png`` (to ``out_dir``, default ``<results_dir>/verdict_readings``). ``matched``
+    (``readings.matched``): the readings with PGD-AT at their own compute. ``runs``: the main run's documents to
+    read (``Params.attack_runs()``; stale files outside it are ignored). Returns the three paths."""
     from eatlib.forest_plot import forest_plot  # matplotlib only when drawing
 
     results_dir = Path(results_dir)
@@ -135,8 +172,8 @@ def write_readings(results_dir: str | Path, *, arch: str, names: Sequence[str], 
     if runs is not None:  # only this arch's documents of these seeds are read
         runs = {run for run in runs if run[0] == arch and run[2] in seeds}
     main = load_documents(results_dir, runs=runs)
-    result, notes = compare_readings(load_readings(results_dir, arch, names, seeds), main, arch=arch, names=names,
-                                     seeds=seeds)
+    result, notes = compare_readings(load_readings(results_dir, arch, names, seeds, matched), main, arch=arch,
+                                     names=names, seeds=seeds, matched=matched)
     if not result:
         raise ResultsError("no reading could be compared:\n" + "\n".join(notes))
     comparisons = {name: {k: v for k, v in entries.items() if not k.startswith("_")}
@@ -150,5 +187,5 @@ def write_readings(results_dir: str | Path, *, arch: str, names: Sequence[str], 
     return [*paths, figure_path]
 
 
-__all__ = ["BUDGET_RIVALS", "READING_COMPARISONS", "budget_table", "budgets", "compare_readings", "load_readings",
-           "write_readings"]
+__all__ = ["BUDGET_RIVALS", "OWN_COMPUTE", "READING_COMPARISONS", "budget_table", "budgets", "compare_readings",
+           "load_readings", "matched_name", "own_compute_comparison", "write_readings"]

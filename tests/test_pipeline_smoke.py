@@ -42,7 +42,8 @@ def tiny_profile(params: dict) -> dict:
     params["attacks"]["suite"] = [{"name": "fgsm_centroid_random", "optimizer": "fgsm", "eps": "8/255",
                                    "objective": "centroid", "target": "random"}]
     params["ablation"]["variants"] = {"eat_aggregate_mean": {"defense": "eat", "options": {"aggregate": "mean"}}}
-    params["readings"] = {"arch": "resnet", "seeds": [1], "variants": {"transfer_others": {"transfer": "others"}}}
+    params["readings"] = {"arch": "resnet", "seeds": [1], "variants": {"transfer_others": {"transfer": "others"}},
+                          "matched": ["transfer_others"]}
     return params
 
 
@@ -171,6 +172,13 @@ def test_every_declared_output_exists_and_parses(repo):
     assert reading["reading"]["overrides"] == {"transfer": "others"} and reading["subset"] == first["subset"]
     readings = json.loads((copy / "results/verdict_readings.json").read_text())["resnet"]["transfer_others"]
     assert readings["vs_pgd_at"]["seeds"] == 1 and readings["vs_eat"]["b"] == "eat"
+    # PGD-AT given that reading's compute: its own schedule, the reading's forward-backward images, a rival.
+    matched = json.loads((copy / "results/readings/metrics/resnet/transfer_others/pgd_at_matched/seed1.json")
+                         .read_text())
+    assert matched["matched_to"]["reading"] == "transfer_others" and matched["seed"] == 1
+    assert matched["cost"]["epochs"] == matched["matched_to"]["epochs"] != params["train"]["epochs"]
+    assert readings["vs_pgd_at_own_compute"]["seeds"] == 1
+    assert 0.5 < readings["_budget"]["pgd_at_own_compute"]["mean"] < 1.5
     assert (copy / "results/verdict_readings/verdict_readings.png").stat().st_size > 1000
     for notebook in (copy / "results/notebooks").rglob("*.ipynb"):
         assert json.loads(notebook.read_text())["cells"], notebook

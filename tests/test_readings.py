@@ -9,7 +9,9 @@ from test_verdict import _doc
 
 from eatlib.load import load_params
 from eatlib.params import ConfigError
-from eatlib.readings import compare_readings, load_readings, write_readings
+from eatlib import pipeline
+from eatlib.layout import reading_matched_metrics_path, reading_matched_model_path
+from eatlib.readings import OWN_COMPUTE, compare_readings, load_readings, matched_name, write_readings
 from eatlib.report import ResultsError
 
 
@@ -83,7 +85,8 @@ def test_write_readings_reads_only_the_asked_files_and_writes_json_table_and_fig
     assert result["vs_pgd_at"]["reading"] == "ahead"
     text = table.read_text()
     assert "| others | vs PGD-AT (equal epochs) | AMI | +0.150 |" in text
-    assert "| others | 1.50x | 2.50x | 1 | — |" in text   # synthetic documents: 1 s of training, no attack time
+    # no PGD-AT at its own compute (not in readings.matched); synthetic documents: 1 s of training, no attack time
+    assert "| others | 1.50x | 2.50x | — | 1 | — |" in text
     assert figure.stat().st_size > 10_000
 
 
@@ -114,3 +117,58 @@ def test_readings_params_are_validated_before_any_work(tmp_path):
     for taken in ("pgd_at", "pgd_at_matched", "randomization", "nan", "5members"):
         with pytest.raises(ConfigError, match="variants"):
             load_params(_params_with(tmp_path, {"arch": "resnet", "seeds": [0], "variants": {taken: {}}}))
+    with pytest.raises(ConfigError, match="matched"):   # PGD-AT at the compute of a reading that does not exist
+        load_params(_params_with(tmp_path, {"arch": "resnet", "seeds": [0], "variants": {"x": {}},
+                                            "matched": ["y"]}))
+
+
+def _matched(name: str, worst: list[float], images: int = 1520) -> list[dict]:
+    return [{**_with_cost(_doc("resnet", "pgd_at_matched", s, v), images), "defense": matched_name(name)}
+            for s, v in enumerate(worst)]
+
+
+def test_pgd_at_at_a_readings_own_compute_is_one_more_rival_with_its_budget_ratio():
+    reading = _reading("ensemble", [0.45, 0.46, 0.47], images=1500)
+    matched = _matched("ensemble", [0.47, 0.485, 0.50])   # 0.025 above the reading on average
+    result, notes = compare_readings([*reading, *matched], _main(), arch="resnet", names=["ensemble"],
+                                     matched=["ensemble"])
+    entry = result["ensemble"][OWN_COMPUTE]
+    assert entry["b"] == matched_name("ensemble") and entry["label"] == "vs PGD-AT at its own compute"
+    assert entry["ami"]["diff_mean"] == pytest.approx(-0.025, abs=1e-6) and entry["ami"]["reading"] == "behind"
+    assert result["ensemble"]["_budget"]["pgd_at_own_compute"]["mean"] == pytest.approx(1520 / 1500, abs=1e-3)
+    assert list(result["ensemble"]).index(OWN_COMPUTE) == 3   # beside the other compute comparisons
+    assert notes == []
+    # Not in readings.matched: no such rival, even if documents exist.
+    result, _ = compare_readings([*reading, *matched], _main(), arch="resnet", names=["ensemble"])
+    assert OWN_COMPUTE not in result["ensemble"] and "pgd_at_own_compute" not in result["ensemble"]["_budget"]
+    # Listed but not run yet: said in the notes.
+    result, notes = compare_readings(reading, _main(), arch="resnet", names=["ensemble"], matched=["ensemble"])
+    assert OWN_COMPUTE not in result["ensemble"]
+    assert any(f"no attack documents for {matched_name('ensemble')}" in note for note in notes)
+
+
+def test_matched_documents_are_read_only_for_the_readings_listed_in_matched(tmp_path):
+    for doc in _reading("ensemble", [0.45, 0.46, 0.47]):
+        path = tmp_path / "readings" / "metrics" / "resnet" / "ensemble" / f"seed{doc['seed']}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**doc, "defense": "eat"}))
+    path = reading_matched_metrics_path("resnet", "ensemble", tmp_path, 1)
+    assert path == tmp_path / "readings/metrics/resnet/ensemble/pgd_at_matched/seed1.json"
+    assert reading_matched_model_path("resnet", "ensemble", tmp_path, 1).suffix == ".pt"
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")   # left from an earlier run: readings.matched no longer lists it, never read
+    assert len(load_readings(tmp_path, "resnet", ["ensemble"], [0, 1, 2])) == 3
+    with pytest.raises(ResultsError, match="reading-matched@ensemble-1"):   # listed: read, and its stage named
+        load_readings(tmp_path, "resnet", ["ensemble"], [0, 1, 2], matched=["ensemble"])
+    path.write_text(json.dumps({**_matched("ensemble", [0, 0.4])[1], "defense": "pgd_at_matched"}))
+    docs = load_readings(tmp_path, "resnet", ["ensemble"], [0, 1, 2], matched=["ensemble"])
+    assert sorted(d["defense"] for d in docs) == ["ensemble"] * 3 + [matched_name("ensemble")]
+
+
+def test_pgd_at_at_a_readings_compute_is_refused_for_a_reading_not_in_matched_before_any_work(tmp_path,
+                                                                                                monkeypatch):
+    params = load_params(_params_with(tmp_path, {"arch": "resnet", "seeds": [0], "variants": {"x": {}},
+                                                 "matched": []}))
+    monkeypatch.setattr(pipeline, "load_data", lambda *a, **k: pytest.fail("work started before the check"))
+    with pytest.raises(ConfigError, match="readings.matched"):
+        pipeline.reading_matched(params, "x", 0, results=tmp_path)
