@@ -43,7 +43,8 @@ paper: env
 # The readings of EAT in params.yaml (readings.variants, each over readings.seeds on readings.arch), trained and
 # attacked in this workspace beside the default run's models (`dvc repro readings` makes those first if missing), then
 # compared with them: results/verdict_readings.json and results/verdict_readings/ (notebook 08). About 5 min per
-# reading and seed on this CPU; add readings to params.yaml (its comment lists more), or remove some.
+# reading and seed on this CPU; add readings to params.yaml, or remove some (readings.matched: PGD-AT at a reading's
+# own compute, about 4 min per seed).
 verdict-grid: env
 	mkdir -p data
 	[ -n "$$(ls -A data)" ] || $(RUN) $(BIN)/dvc add -q data

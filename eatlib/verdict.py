@@ -416,6 +416,6 @@ def write_verdict(results_dir: str | Path = "results", *, archs: Sequence[str] |
 
 
 __all__ = [
-    "COMPARISONS", "Comparison", "compare", "eval_interval", "load_documents", "markdown_table", "paired_summary",
-    "reading", "seed_interval", "seeds_needed", "verdict", "write_verdict",
+    "COMPARISONS", "Comparison", "compare", "compare_method", "eval_interval", "index_documents", "load_documents",
+    "markdown_table", "paired_summary", "reading", "seed_interval", "seeds_needed", "verdict", "write_verdict",
 ]

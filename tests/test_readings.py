@@ -7,10 +7,10 @@ import pytest
 import yaml
 from test_verdict import _doc
 
-from eatlib.load import load_params
-from eatlib.params import ConfigError
 from eatlib import pipeline
 from eatlib.layout import reading_matched_metrics_path, reading_matched_model_path
+from eatlib.load import load_params
+from eatlib.params import ConfigError
 from eatlib.readings import OWN_COMPUTE, compare_readings, load_readings, matched_name, write_readings
 from eatlib.report import ResultsError
 
