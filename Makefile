@@ -52,7 +52,7 @@ verdict-grid: env
 	$(BIN)/python scripts/readme_table.py
 
 test: env
-	$(RUN) $(BIN)/python -m pytest
+	$(RUN) $(BIN)/python -m pytest --durations=15
 
 # The development lane: every test not marked slow (pytest -m "not slow"), under 3 minutes.
 test-fast: env

@@ -18,7 +18,9 @@ import re
 from pathlib import Path
 
 SEED_FILE = re.compile(r"seed(\d+)")   # the stem of a per-seed file: seed0, seed1, ...
-MATCHED = "pgd_at_matched"  # PGD-AT trained until it has spent another run's forward-backward images
+# The folder of PGD-AT at a reading's compute: eatlib.params.MATCHED, spelled here since this module imports nothing
+# of eatlib (tests/test_readings.py checks that the two agree).
+MATCHED = "pgd_at_matched"
 
 
 def seed_name(seed: int) -> str:

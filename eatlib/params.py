@@ -5,10 +5,10 @@ wrong type or range raises :class:`ConfigError`, naming the key (as a dotted pat
 work starts. Budgets such as ``eps`` may be written as fractions (``8/255``): :func:`parse_eps` and
 :func:`format_eps` are the one reader and writer of budgets.
 
-This module imports no other eatlib module but :mod:`eatlib.layout` (paths only). The names a key may take
-(datasets, architectures, losses, defenses) and the checks of their options live in :class:`Registry` tables here,
-filled by the modules that define those names when they are imported; the attack spec check likewise.
-:func:`eatlib.load.load_params` imports them all, then validates.
+This module imports no other eatlib module. The names a key may take (datasets, architectures, losses, defenses)
+and the checks of their options live in :class:`Registry` tables here, filled by the modules that define those
+names when they are imported; the attack spec check likewise. :func:`eatlib.load.load_params` imports them all,
+then validates.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-from eatlib.layout import MATCHED  # PGD-AT given EAT's compute of the same seed
 
 
 class ConfigError(ValueError):
@@ -474,6 +472,9 @@ class PipelineConfig:
     def seeds_of(self, defense: str, main_seed: int) -> list[int]:
         """The training seeds ``defense`` is run with."""
         return list(self.seeds) if defense in self.compared or defense == MATCHED else [main_seed]
+
+
+MATCHED = "pgd_at_matched"  # PGD-AT trained until it has spent EAT's forward-backward images of the same seed
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,9 @@ def test_pgd_at_at_a_readings_compute_is_refused_for_a_reading_not_in_matched_be
     monkeypatch.setattr(pipeline, "load_data", lambda *a, **k: pytest.fail("work started before the check"))
     with pytest.raises(ConfigError, match="readings.matched"):
         pipeline.reading_matched(params, "x", 0, results=tmp_path)
+
+
+def test_the_matched_folder_of_the_layout_is_the_matched_defense_of_params():
+    from eatlib import layout, params
+
+    assert layout.MATCHED == params.MATCHED
