@@ -13,11 +13,18 @@ For each default architecture (params.yaml ``models``: resnet = resnet18 width 1
   float32 matmul FLOP/s (a timed 2048 x 2048 torch.mm); with bf16 crafting also over the bf16 matmul FLOP/s;
 - ours / torchattacks PGD time on the same single network (benchmarks/attack_speed.py's comparison).
 
-Speedups are after / before, timed back to back in the same run. Writes results/benchmarks/engine.json::
+Two levers, measured apart: bf16 crafting (above) and glibc's allocator keeping the memory it frees
+(eatlib.runtime.GLIBC_TUNABLES, which every pipeline stage starts with). Tunables are read when a process starts,
+so the script runs itself twice, one process per allocator, one after the other: "before" is today's pipeline
+path as it was (float32 crafting, glibc's default allocator), "after" is the pipeline's path now (the faster
+crafting, tuned allocator); ``levers`` splits the speedup into bf16 (default allocator) and malloc (the faster
+crafting, tuned over default allocator). Speedups come from one run of the script. Writes
+results/benchmarks/engine.json::
 
     {"<arch or ensemble>": {"attack_speedup": f, "train_speedup": f, "flops_fraction": f, ...}, ...}
 
     .venv/bin/python benchmarks/engine.py [--quick] [--archs resnet mobilenet] [--threads N]
+                                         [--malloc both|default|tuned]
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,6 +47,7 @@ from eatlib.attacks import HEADLINE, build_attack
 from eatlib.defenses import build_training
 from eatlib.models import Ensemble, build_model, fold_batchnorm
 from eatlib.params import LossConfig, TrainConfig
+from eatlib.runtime import allocator_tuned, tuned_environment
 from eatlib.train import Batch, build_optimizer
 
 ARCHS = {"resnet": ("resnet18", {"width": 16}),
@@ -145,25 +156,19 @@ def measure(label: str, model_fn, train_name: str, member, args, peaks: dict) ->
     return row
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="PGD-5 attack, PGD-2 training, 1 repeat, no torchattacks")
-    parser.add_argument("--archs", nargs="*", default=list(ARCHS), choices=list(ARCHS))
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
+def measure_all(args) -> dict:
+    """Every row, in this process (and so with the allocator this process started with)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     args.steps, args.train_steps, args.repeats = (5, 2, 2) if args.quick else (20, 5, 2)
     args.attack_batch, args.train_batch = 250, 120
     peaks = {"fp32": matmul_flops(torch.float32), "bf16": matmul_flops(torch.bfloat16)}
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cores {os.cpu_count()}; matmul 2048^2: "
-          f"fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} GFLOP/s; attack PGD-{args.steps} "
-          f"batch {args.attack_batch}, training PGD-{args.train_steps} batch {args.train_batch}", flush=True)
-    # Rows of architectures not run this time are kept (``--archs resnet`` then ``--archs mobilenet``).
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results["_machine"] = {"threads": torch.get_num_threads(), "fp32_matmul_gflops": peaks["fp32"] / 1e9,
-                            "bf16_matmul_gflops": peaks["bf16"] / 1e9, "quick": args.quick}
+    print(f"[malloc {args.malloc}] torch {torch.__version__}, {torch.get_num_threads()} threads, cores "
+          f"{os.cpu_count()}; matmul 2048^2: fp32 {peaks['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.0f} "
+          f"GFLOP/s; attack PGD-{args.steps} batch {args.attack_batch}, training PGD-{args.train_steps} batch "
+          f"{args.train_batch}", flush=True)
+    results = {"_machine": {"threads": torch.get_num_threads(), "fp32_matmul_gflops": peaks["fp32"] / 1e9,
+                            "bf16_matmul_gflops": peaks["bf16"] / 1e9, "quick": args.quick}}
     for name in args.archs:
         arch, options = ARCHS[name]
         member = make_member(arch, options)
@@ -175,9 +180,80 @@ def main(argv=None) -> None:
             results[name]["ours_over_torchattacks"] = ratio
         ensemble = lambda m=member: Ensemble([m() for _ in range(3)])  # noqa: E731
         results[f"{name}_ensemble3"] = measure(f"{name} x3 ensemble", ensemble, "eat", member, args, peaks)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    return results
+
+
+def run_with_allocator(malloc: str, argv: list[str]) -> dict:
+    """This script's rows from a child process started with glibc's default (``default``) or the pipeline's
+    (``tuned``) allocator tunables."""
+    plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env = tuned_environment(plain) if malloc == "tuned" else plain
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        subprocess.run([sys.executable, __file__, *argv, "--malloc", malloc, "--out", str(out)], env=env,
+                       check=True)
+        return json.loads(out.read_text())
+
+
+def combine(default: dict, tuned: dict) -> dict:
+    """One row per network: before = default allocator, float32 crafting; after = tuned allocator, the faster
+    crafting; ``levers``: each lever's own factor."""
+    rows = {"_machine": {**tuned["_machine"], "malloc": "both"}}
+    for name, old in default.items():
+        if name.startswith("_"):
+            continue
+        new = tuned[name]
+        before = {"attack": old["attack_images_per_s"]["before"], "train": old["train_images_per_s"]["before"]}
+        after = {"attack": new["attack_images_per_s"]["after"], "train": new["train_images_per_s"]["after"]}
+        rows[name] = {
+            **new,
+            "attack_speedup": after["attack"] / before["attack"], "train_speedup": after["train"] / before["train"],
+            "attack_images_per_s": {"before": before["attack"], "after": after["attack"]},
+            "train_images_per_s": {"before": before["train"], "after": after["train"]},
+            "levers": {"attack": {"bf16": old["attack_speedup"],
+                                  "malloc": after["attack"] / old["attack_images_per_s"]["after"]},
+                       "train": {"bf16": old["train_speedup"],
+                                 "malloc": after["train"] / old["train_images_per_s"]["after"]}},
+            "default_allocator": {key: old[key] for key in ("attack_images_per_s", "train_images_per_s",
+                                                            "attack_bf16", "craft_bf16", "flops_fraction")},
+        }
+    return rows
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="PGD-5 attack, PGD-2 training, 1 repeat, no torchattacks")
+    parser.add_argument("--archs", nargs="*", default=list(ARCHS), choices=list(ARCHS))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--malloc", choices=["both", "default", "tuned"], default="both",
+                        help="both: one child process per allocator, combined (the default); default/tuned: this "
+                             "process only, which must have started with that allocator (writes only with --out)")
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args(argv)
+    if args.malloc == "both":
+        passed = [*(["--quick"] if args.quick else []), "--archs", *args.archs,
+                  *(["--threads", str(args.threads)] if args.threads else [])]
+        results = combine(run_with_allocator("default", passed), run_with_allocator("tuned", passed))
+    else:
+        if allocator_tuned() != (args.malloc == "tuned"):
+            raise SystemExit(f"--malloc {args.malloc}: this process started with GLIBC_TUNABLES="
+                             f"{os.environ.get('GLIBC_TUNABLES', '')!r}; run --malloc both, or start it with "
+                             f"{'eatlib.runtime.GLIBC_TUNABLES' if args.malloc == 'tuned' else 'no GLIBC_TUNABLES'}")
+        results = measure_all(args)
+    if args.malloc == "both" or args.out != OUT:
+        # Rows of architectures not run this time are kept (``--archs resnet`` then ``--archs mobilenet``).
+        kept = json.loads(args.out.read_text()) if args.out.exists() and args.malloc == "both" else {}
+        kept.update(results)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(kept, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    if args.malloc == "both":
+        for name, row in results.items():
+            if not name.startswith("_"):
+                levers = row["levers"]
+                print(f"{name:20s} attack {row['attack_speedup']:.2f}x (bf16 {levers['attack']['bf16']:.2f}x, "
+                      f"malloc {levers['attack']['malloc']:.2f}x) | train {row['train_speedup']:.2f}x (bf16 "
+                      f"{levers['train']['bf16']:.2f}x, malloc {levers['train']['malloc']:.2f}x)")
 
 
 if __name__ == "__main__":

@@ -70,3 +70,30 @@ def test_every_stage_and_every_make_target_start_with_the_same_tunables():
     for name, stage in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
         command = (stage.get("do") or stage)["cmd"]
         assert "papermill" not in command.replace("${nb}", ""), name
+
+
+def _engine():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import engine
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return engine
+
+
+def test_the_engine_benchmark_splits_its_speedup_into_the_bf16_and_the_allocator_levers():
+    def row(attack, train):
+        return {"attack_images_per_s": {"before": attack[0], "after": attack[1]},
+                "train_images_per_s": {"before": train[0], "after": train[1]},
+                "attack_speedup": attack[1] / attack[0], "train_speedup": train[1] / train[0],
+                "attack_bf16": True, "craft_bf16": True, "flops_fraction": 0.1}
+    default = {"_machine": {"threads": 2}, "resnet": row((100, 190), (200, 260))}
+    tuned = {"_machine": {"threads": 2}, "resnet": row((110, 250), (210, 270))}
+    combined = _engine().combine(default, tuned)["resnet"]
+    # before: default allocator, float32 crafting; after: tuned allocator, the faster crafting
+    assert combined["attack_images_per_s"] == {"before": 100, "after": 250}
+    assert combined["train_images_per_s"] == {"before": 200, "after": 270}
+    for kind in ("attack", "train"):
+        levers = combined["levers"][kind]
+        assert abs(levers["bf16"] * levers["malloc"] - combined[f"{kind}_speedup"]) < 1e-12
+    assert abs(combined["levers"]["attack"]["malloc"] - 250 / 190) < 1e-12
