@@ -6,6 +6,8 @@
 - The strided-depthwise float32 guard: inside it, a strided depthwise convolution runs and returns float32
   under CPU autocast while other convolutions still run in bf16.
 - The training-time Adversary crafts under bf16 when ``build_training(..., craft_bf16=True)`` says so.
+- Folded crafting (``craft_folded``): against a BatchNorm-folded copy, the examples are the unfolded ones but for
+  rounding, and the live model's statistics and train flags are untouched.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from eatlib.attacks import HEADLINE, PGD, EmbeddingShift
 from eatlib.attacks.eot import StridedDepthwiseFloat32, forward_embeddings
 from eatlib.data import load_splits
 from eatlib.defenses import build_training
+from eatlib.defenses.adversary import TrainingLoss, eval_mode
 from eatlib.evaluate import evaluate_robustness
 from eatlib.models import build_model
 from eatlib.params import LossConfig, TrainConfig
@@ -126,3 +129,39 @@ def test_build_training_passes_craft_bf16_to_the_adversary(craft_bf16):
                                craft_bf16=craft_bf16)
         assert setup.step.adversary.amp is craft_bf16
     build_training("standard", None, make_member=_member, num_classes=8, num_samples=32, craft_bf16=True)
+
+
+def test_folded_crafting_gives_the_unfolded_examples_up_to_rounding_and_leaves_the_model_as_it_was():
+    torch.manual_seed(SEED)
+    resnet = build_model("resnet18", embedding_dim=DIM, image_size=SIZE, width=4)
+    setup = build_training("pgd_at", {"attack": {"steps": 3, "warmup_epochs": 0}}, make_member=lambda: resnet,
+                           num_classes=8, num_samples=64, seed=SEED)
+    model, adversary = setup.model, setup.step.adversary
+    model.train()
+    with torch.no_grad():  # BatchNorm statistics of their own, so that folding has something to fold
+        for _ in range(3):
+            model(torch.rand(32, 3, SIZE, SIZE) * 0.5)
+    before = copy.deepcopy(model.state_dict())
+    images, labels = torch.rand(32, 3, SIZE, SIZE), torch.arange(32) % 8
+    objective = TrainingLoss(setup.criterion, labels)
+    crafted = {}
+    for fold in (False, True):
+        adversary.fold = fold
+        torch.manual_seed(1)  # the same random start and PGD seed for both
+        crafted[fold] = adversary(model, objective, images)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[key], value) for key, value in model.state_dict().items())
+    same = (crafted[True] == crafted[False]).float().mean()
+    assert same > 0.99, f"only {same:.4f} of the pixels agree"
+    assert not torch.equal(crafted[False], images)
+    with torch.no_grad(), eval_mode(model):
+        losses = [float(setup.criterion(model(crafted[fold]), labels)) for fold in (False, True)]
+    assert abs(losses[0] - losses[1]) <= 1e-3 * abs(losses[0])
+
+
+def test_build_training_passes_craft_folded_to_the_adversary():
+    for name in ("pgd_at", "trades", "eat"):
+        for folded in (False, True):
+            setup = build_training(name, None, make_member=_member, num_classes=8, num_samples=32, seed=SEED,
+                                   craft_folded=folded)
+            assert setup.step.adversary.fold is folded

@@ -9,7 +9,9 @@
 
 Why eval mode: in train mode every attack step would push a batch of adversarial images into the BatchNorm
 running averages (``steps`` extra updates per batch) and normalise with batch statistics; crafting in eval mode
-(as TRADES' reference code does) leaves the statistics to the training forward pass.
+(as TRADES' reference code does) leaves the statistics to the training forward pass. In eval mode a BatchNorm is
+a fixed affine map, so ``Adversary.fold`` may craft against a BatchNorm-folded copy made for the batch (the
+same function up to float rounding, fewer passes over memory: benchmarks/engine.py measures it).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch import nn
 
 from eatlib.attacks import PGD, Objective
 from eatlib.defenses.registry import require
+from eatlib.models import fold_batchnorm
 
 NORMS = ("linf", "l2")
 
@@ -128,11 +131,15 @@ class Adversary:
     Build one per step object; the trainer calls ``set_epoch`` (forwarded by the step) before each epoch.
     ``amp`` crafts under bf16 autocast (CUDA, or CPU with AVX-512 BF16: :class:`eatlib.attacks.Attack`); the
     examples are then float32 images like any others and the training step that uses them is unchanged.
+    ``fold`` crafts against a copy of the model with its BatchNorms folded into the convolutions, made afresh
+    for every batch from the current weights: the same network up to float rounding, so the examples differ
+    from unfolded crafting only where a gradient's sign is within rounding of zero.
     """
 
-    def __init__(self, options: AttackOptions, *, amp: bool = False):
+    def __init__(self, options: AttackOptions, *, amp: bool = False, fold: bool = False):
         self.options = options
         self.amp = bool(amp)
+        self.fold = bool(fold)
         self.epoch: int | None = None
 
     def set_epoch(self, epoch: int) -> None:
@@ -160,8 +167,9 @@ class Adversary:
         eps, step_size = self.eps()
         # A fresh seed per batch from the trainer's torch seed (reset every epoch): resume replays it exactly.
         seed = int(torch.randint(0, 2**31 - 1, (1,)))
-        attack = PGD(model, objective, eps=eps, alpha=step_size, steps=self.options.steps, norm=self.options.norm,
-                     random_start=self.options.random_start, seed=seed, amp=self.amp)
         index = torch.arange(len(images), device=images.device)
         with eval_mode(model), torch.enable_grad():
+            target = fold_batchnorm(model) if self.fold else model
+            attack = PGD(target, objective, eps=eps, alpha=step_size, steps=self.options.steps,
+                         norm=self.options.norm, random_start=self.options.random_start, seed=seed, amp=self.amp)
             return attack(images.detach(), index)

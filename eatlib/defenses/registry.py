@@ -107,10 +107,12 @@ def build_training(
     loss_cfg: LossConfig | None = None,
     seed: int = 0,
     craft_bf16: bool = False,
+    craft_folded: bool = False,
 ) -> TrainingSetup:
     """Build training defense ``name`` (a key of :data:`TRAINING_DEFENSES`) with ``options`` (its options
     dataclass, or the plain mapping of its ``defenses.<name>`` subsection). ``craft_bf16``: see
-    :class:`BuildContext`."""
+    :class:`BuildContext`; ``craft_folded``: craft against a BatchNorm-folded copy of the model
+    (:class:`eatlib.defenses.adversary.Adversary`'s ``fold``; not yet a pipeline parameter)."""
     options = parse_options(name, options, params.TRAINING_DEFENSES)
     context = BuildContext(make_member, num_classes, num_samples, loss_cfg or LossConfig(), seed, craft_bf16)
     setup = TRAINING_DEFENSES[name].build(options, context)
@@ -118,7 +120,7 @@ def build_training(
     # set here once rather than threaded through each builder. A defense without one has nothing to craft.
     adversary = getattr(setup.step, "adversary", None)
     if adversary is not None:
-        adversary.amp = bool(craft_bf16)
+        adversary.amp, adversary.fold = bool(craft_bf16), bool(craft_folded)
     setup.meta = {"defense": name, "defense_options": to_dict(options), **setup.meta}
     return setup
 
