@@ -212,7 +212,9 @@ def test_editing_one_eat_param_reruns_only_the_stages_that_read_it_and_the_rerun
     changed = set(json.loads(_run([*dvc, "status", "--json"], copy, env)))
     assert {"train@resnet-eat-0", "train@mobilenet-eat-1"} <= changed
     assert not {stage for stage in changed if "standard" in stage or "pgd_at" in stage.split("@")[1].split("-")}
-    out = _run([*dvc, "repro"], copy, env)  # an interrupted-run checkpoint of the old configuration must not block it
+    # Target `report` (what `make repro` runs): the readings read defenses.eat too and would rerun, correctly, but
+    # they are not what this test checks. An interrupted-run checkpoint of the old configuration must not block it.
+    out = _run([*dvc, "repro", "report"], copy, env)
     # PGD-AT at EAT's compute follows EAT's new budget (DVC's status lists it only once EAT's model has changed).
     assert "Running stage 'train-matched@resnet-0'" in out and "Running stage 'attack-matched@mobilenet-1'" in out
     for arch in ("resnet", "mobilenet"):
@@ -220,7 +222,9 @@ def test_editing_one_eat_param_reruns_only_the_stages_that_read_it_and_the_rerun
         config = _doc(copy, arch, "eat")["config"]
         assert config["defense_options"]["transfer"] == "ensemble"
     assert digest(copy / "results/models/resnet/standard/seed0.pt") == standard
-    assert "up to date" in _run([*dvc, "status"], copy, env)
+    # What is left to run is the readings (they read defenses.eat), and nothing else.
+    left = set(json.loads(_run([*dvc, "status", "--json"], copy, env)))
+    assert left and all(stage.split("@")[0] in ("reading", "reading-matched", "readings") for stage in left), left
     commit(copy, env, "transfer: ensemble")
 
 

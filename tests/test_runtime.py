@@ -86,7 +86,7 @@ def test_the_engine_benchmark_splits_its_speedup_into_the_bf16_and_the_allocator
         return {"attack_images_per_s": {"before": attack[0], "after": attack[1]},
                 "train_images_per_s": {"before": train[0], "after": train[1]},
                 "attack_speedup": attack[1] / attack[0], "train_speedup": train[1] / train[0],
-                "attack_bf16": True, "craft_bf16": True, "flops_fraction": 0.1}
+                "attack_bf16": True, "craft_bf16": True, "flops_fraction": 0.1, "folded_over_after": 1.2}
     default = {"_machine": {"threads": 2}, "resnet": row((100, 190), (200, 260))}
     tuned = {"_machine": {"threads": 2}, "resnet": row((110, 250), (210, 270))}
     combined = _engine().combine(default, tuned)["resnet"]
