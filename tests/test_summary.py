@@ -26,9 +26,10 @@ def test_summary_of_the_committed_eat_run_holds_clean_headline_worst_and_cost(do
     assert summary["r@1_atk"] == round(headline["recall@1"], 3) == 0.471
     assert summary["ari_min"] == round(document["worst"]["ari"], 3) == 0.149
     assert summary["r@1_min"] <= summary["r@1_atk"] < summary["r@1"]
-    assert summary["train_min"] == round(document["cost"]["train_seconds"] / 60, 2) == 2.08
+    # Scores are pinned; times are not: they change with every run on the same code.
+    assert summary["train_min"] == round(document["cost"]["train_seconds"] / 60, 2) > 0
     assert summary["fb_images"] == document["cost"]["forward_backward_images"] == 252000
-    assert summary["attack_s"] == round(document["seconds"]) == 185
+    assert summary["attack_s"] == round(document["seconds"]) > 0
     assert sorted(summary) == ["ami", "ami_atk", "ami_min", "ari", "ari_atk", "ari_min", "attack_s", "fb_images",
                                "r@1", "r@1_atk", "r@1_min", "train_min"]
 
