@@ -22,6 +22,10 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --no-deps -e .
+	# rfc3987-syntax (jupyter-events' jsonschema[format-nongpl]) builds ~35 Lark parsers when imported, and nbformat
+	# imports it: ~1.9 s in every papermill call, i.e. every stage. No notebook or Jupyter schema uses the IRI
+	# formats it checks (jsonschema skips a checker whose library is missing). benchmarks/stage_startup.py
+	$(BIN)/python -m pip uninstall --quiet --yes rfc3987-syntax
 	touch $(STAMP)
 
 # data/ is where users place the paper datasets (tracked by data.dvc). A fresh clone has none: create it empty

@@ -7,7 +7,13 @@ Every stage of dvc.yaml is `papermill <notebook>`, run by `dvc repro`. Beyond th
 - papermill itself: its own start-up, a Jupyter kernel's start-up and the cells' round trips, measured on a
   notebook that does nothing but ``import eatlib.pipeline`` (against a bare interpreter doing the same);
 - DVC: ``dvc status`` on this checkout (reading dvc.yaml, params and the lock, hashing what changed), which
-  every `dvc repro` pays before the first stage; per stage it also hashes the stage's outputs.
+  every `dvc repro` pays before the first stage; per stage it also hashes the stage's outputs and reads dvc.lock
+  several times (ruamel's safe loader: the C parser of ruamel.yaml.clib where installed, ``lock_safe_*``) and
+  once more to rewrite it (round-trip loader and dumper, pure Python either way: ``lock_rewrite_s``).
+
+Two of these were cut (the Makefile): papermill's import of nbformat used to import rfc3987-syntax, which builds
+~35 Lark parsers (``import_papermill_s``; ``iri_parsers_installed`` says whether it is back), and DVC read the
+lock with ruamel's pure-Python parser (``lock_safe_c_over_pure``: the ratio, measured in this run).
 
 Medians of ``--repeats`` runs, each a fresh process (as a stage is). Prints seconds and writes
 results/benchmarks/startup.json. On the 2-core machine, run it alone: anything else running inflates every figure.
@@ -18,6 +24,7 @@ results/benchmarks/startup.json. On the 2-core machine, run it alone: anything e
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -63,6 +70,31 @@ def heaviest_imports(top: int = 8) -> list[dict]:
             for package, (seconds, module) in ranked]
 
 
+def lock_parse_times(lock: Path, repeats: int) -> dict[str, float]:
+    """Seconds DVC spends on ``lock`` per read (safe loader, C and pure-Python parser) and per rewrite."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    text = lock.read_text()
+
+    def median(action) -> float:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            action()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    figures = {"lock_bytes": len(text), "lock_safe_pure_s": median(lambda: YAML(typ="safe", pure=True).load(text))}
+    if "clib" in YAML(typ="safe").Parser.__module__:
+        figures["lock_safe_c_s"] = median(lambda: YAML(typ="safe").load(text))
+        figures["lock_safe_c_over_pure"] = figures["lock_safe_pure_s"] / figures["lock_safe_c_s"]
+    rewrite = YAML()
+    figures["lock_rewrite_s"] = median(lambda: rewrite.dump(rewrite.load(text), io.StringIO()))
+    return figures
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -74,6 +106,8 @@ def main(argv=None) -> None:
         "python_bare_s": timed([sys.executable, "-c", "pass"], args.repeats),
         "import_torch_s": timed([sys.executable, "-c", "import torch"], args.repeats),
         "import_eatlib_pipeline_s": timed([sys.executable, "-c", IMPORT], args.repeats),
+        "import_papermill_s": timed([sys.executable, "-c", "import papermill.cli"], args.repeats),
+        "iri_parsers_installed": importlib.util.find_spec("rfc3987_syntax") is not None,
     }
     with tempfile.TemporaryDirectory() as tmp:
         notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(IMPORT)])
@@ -86,11 +120,14 @@ def main(argv=None) -> None:
     figures["papermill_overhead_s"] = figures["papermill_import_notebook_s"] - figures["import_eatlib_pipeline_s"]
     figures["dvc_status_s"] = timed([str(bin_dir / "dvc"), "status"], args.repeats, env=env) if (
         ROOT / "dvc.lock").exists() else None
+    if (ROOT / "dvc.lock").exists():
+        figures.update(lock_parse_times(ROOT / "dvc.lock", args.repeats))
     figures = {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
     figures["heaviest_imports"] = heaviest_imports()
     for key, value in figures.items():
         if key != "heaviest_imports":
-            print(f"{key:30s} {value} s" if value is not None else f"{key:30s} (no dvc.lock)")
+            unit = " s" if key.endswith("_s") else ""
+            print(f"{key:30s} {value}{unit}" if value is not None else f"{key:30s} (no dvc.lock)")
     print("heaviest packages under `import eatlib.pipeline` (cumulative s, slowest module):")
     for row in figures["heaviest_imports"]:
         print(f"  {row['package']:26s} {row['cumulative_s']:.2f}  {row['module']}")
