@@ -132,3 +132,51 @@ def test_robustness_evaluation_attacks_a_folded_copy_to_the_same_result():
     differing = (adversarial["plain"] - adversarial["folded"]).abs().gt(1e-4).float().mean().item()
     assert differing < 0.002
     assert reached["plain"] > 0 and reached["folded"] == pytest.approx(reached["plain"], rel=0.05)
+
+
+def _train_a_little(model: nn.Module, steps: int = 2, seed: int = 4) -> None:
+    """A few optimizer steps in train mode: weights and BatchNorm statistics move."""
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(torch.rand(8, 3, 32, 32, generator=gen)).pow(3).sum().backward()
+        optimizer.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("arch", sorted(PROFILES))
+def test_a_refreshed_fold_is_bit_for_bit_a_fresh_fold_after_training(arch):
+    from eatlib.models import RefreshedFold
+
+    model = trained_looking(build_model(arch, embedding_dim=32, **PROFILES[arch]))
+    cached = RefreshedFold(model)
+    first = cached.module
+    stale = {k: v.clone() for k, v in first.state_dict().items()}
+    _train_a_little(model)
+    refreshed, fresh = cached.refresh(), fold_batchnorm(model)
+    assert refreshed is first  # the same copy, not a new trace
+    assert sum(not torch.equal(stale[k], v) for k, v in fresh.state_dict().items()) > len(stale) // 2
+    assert refreshed.state_dict().keys() == fresh.state_dict().keys()
+    for name, tensor in fresh.state_dict().items():
+        assert torch.equal(refreshed.state_dict()[name], tensor), name
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(refreshed(x), fresh(x))
+    assert not any(p.requires_grad for p in refreshed.parameters())
+
+
+def test_a_refreshed_fold_follows_every_member_of_an_ensemble_and_refuses_train_mode():
+    from eatlib.models import RefreshedFold
+
+    ensemble = Ensemble([trained_looking(build_model("cnn4", embedding_dim=16), seed=s) for s in range(2)]).eval()
+    cached = RefreshedFold(ensemble)
+    stale = {k: v.clone() for k, v in cached.module.state_dict().items()}
+    _train_a_little(ensemble)
+    refreshed = cached.refresh().state_dict()
+    fresh = fold_batchnorm(ensemble).state_dict()
+    assert all(torch.equal(refreshed[k], fresh[k]) for k in fresh)
+    assert sum(not torch.equal(stale[k], fresh[k]) for k in fresh) > len(fresh) // 2  # training moved them
+    ensemble.train()
+    with pytest.raises(ValueError, match="train mode.*eval mode"):
+        cached.refresh()

@@ -10,7 +10,7 @@
 Why eval mode: in train mode every attack step would push a batch of adversarial images into the BatchNorm
 running averages (``steps`` extra updates per batch) and normalise with batch statistics; crafting in eval mode
 (as TRADES' reference code does) leaves the statistics to the training forward pass. In eval mode a BatchNorm is
-a fixed affine map, so ``Adversary.fold`` may craft against a BatchNorm-folded copy made for the batch (the
+a fixed affine map, so ``Adversary.fold`` may craft against a BatchNorm-folded copy, refreshed for each batch (the
 same function up to float rounding, fewer passes over memory: benchmarks/engine.py measures it).
 """
 
@@ -25,7 +25,7 @@ from torch import nn
 
 from eatlib.attacks import PGD, Objective
 from eatlib.defenses.registry import require
-from eatlib.models import fold_batchnorm
+from eatlib.models import RefreshedFold
 
 NORMS = ("linf", "l2")
 
@@ -131,9 +131,10 @@ class Adversary:
     Build one per step object; the trainer calls ``set_epoch`` (forwarded by the step) before each epoch.
     ``amp`` crafts under bf16 autocast (CUDA, or CPU with AVX-512 BF16: :class:`eatlib.attacks.Attack`); the
     examples are then float32 images like any others and the training step that uses them is unchanged.
-    ``fold`` crafts against a copy of the model with its BatchNorms folded into the convolutions, made afresh
-    for every batch from the current weights: the same network up to float rounding, so the examples differ
-    from unfolded crafting only where a gradient's sign is within rounding of zero.
+    ``fold`` crafts against a copy of the model with its BatchNorms folded into the convolutions, traced once
+    and refreshed from the current weights for every batch (:class:`eatlib.models.RefreshedFold`): the same
+    network up to float rounding, so the examples differ from unfolded crafting only where a gradient's sign is
+    within rounding of zero.
     """
 
     def __init__(self, options: AttackOptions, *, amp: bool = False, fold: bool = False):
@@ -141,6 +142,7 @@ class Adversary:
         self.amp = bool(amp)
         self.fold = bool(fold)
         self.epoch: int | None = None
+        self._folded: RefreshedFold | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -169,7 +171,13 @@ class Adversary:
         seed = int(torch.randint(0, 2**31 - 1, (1,)))
         index = torch.arange(len(images), device=images.device)
         with eval_mode(model), torch.enable_grad():
-            target = fold_batchnorm(model) if self.fold else model
+            target = self._refreshed_fold(model) if self.fold else model
             attack = PGD(target, objective, eps=eps, alpha=step_size, steps=self.options.steps,
                          norm=self.options.norm, random_start=self.options.random_start, seed=seed, amp=self.amp)
             return attack(images.detach(), index)
+
+    def _refreshed_fold(self, model: nn.Module) -> nn.Module:
+        """The folded copy of ``model`` with its current weights (traced on first use, per model)."""
+        if self._folded is None or self._folded.source is not model:
+            self._folded = RefreshedFold(model)
+        return self._folded.refresh()

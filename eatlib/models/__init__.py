@@ -4,7 +4,8 @@
 - ``ARCHITECTURES``: "cnn4", "resnet18", "resnet50", "mobilenet_v2"
 - ``Ensemble(members, aggregate="concat" | "mean" | int)``
 - ``model_from_config(config)``: rebuild a network or an ensemble from its ``.config`` (architecture only).
-- ``fold_batchnorm(model)``: an eval-mode copy with BatchNorm folded into the convolutions (faster attacks).
+- ``fold_batchnorm(model)``: an eval-mode copy with BatchNorm folded into the convolutions (faster attacks);
+  ``RefreshedFold(model)``: the same copy for a network that keeps training, refreshed from it per batch.
 
 Inputs are pixel-space images ``[B, 3, S, S]`` in [0, 1]; outputs are L2-normalised ``[B, D]``.
 """
@@ -18,7 +19,7 @@ from eatlib import params
 from eatlib.models.backbones import ARCHITECTURES
 from eatlib.models.embedding import EmbeddingNet, build_model, check_pixel_range
 from eatlib.models.ensemble import AGGREGATES, Ensemble
-from eatlib.models.fold import fold_batchnorm
+from eatlib.models.fold import RefreshedFold, fold_batchnorm
 from eatlib.models.pretrained import PretrainedWeightsUnavailable
 
 
@@ -49,6 +50,7 @@ __all__ = [
     "PretrainedWeightsUnavailable",
     "build_model",
     "check_pixel_range",
+    "RefreshedFold",
     "fold_batchnorm",
     "model_from_config",
 ]
