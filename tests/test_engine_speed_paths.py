@@ -167,3 +167,27 @@ def test_build_training_passes_craft_folded_to_the_adversary():
             setup = build_training(name, None, make_member=_member, num_classes=8, num_samples=32, seed=SEED,
                                    craft_folded=folded)
             assert setup.step.adversary.fold is folded
+
+
+@pytest.mark.parametrize("transfer", ["each_member", "ensemble"])
+def test_folded_crafting_traces_each_network_once_across_batches(monkeypatch, transfer):
+    # EAT crafts against each member in turn ("each_member") or a fresh MemberStack view of all ("ensemble").
+    from eatlib.defenses import adversary as adversary_module
+
+    built = []
+
+    class Counting(adversary_module.RefreshedFold):
+        def __init__(self, model):
+            built.append(model)
+            super().__init__(model)
+
+    monkeypatch.setattr(adversary_module, "RefreshedFold", Counting)
+    torch.manual_seed(SEED)
+    options = {"members": 2, "transfer": transfer, "attack": {"steps": 1, "warmup_epochs": 0}}
+    setup = build_training("eat", options, make_member=_member, num_classes=8, num_samples=32, seed=SEED,
+                           craft_folded=True)
+    setup.model.train()
+    for step in range(3):
+        batch = Batch(torch.rand(16, 3, SIZE, SIZE), torch.arange(16) % 8, torch.arange(16) + 16 * (step % 2))
+        setup.step(setup.model, setup.criterion, batch).backward()
+    assert sorted(map(id, built)) == sorted(map(id, setup.model.members))  # one trace per member, ever

@@ -142,7 +142,7 @@ class Adversary:
         self.amp = bool(amp)
         self.fold = bool(fold)
         self.epoch: int | None = None
-        self._folded: RefreshedFold | None = None
+        self._folded: dict[int, RefreshedFold] = {}  # by id of the network crafted against
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -177,7 +177,11 @@ class Adversary:
             return attack(images.detach(), index)
 
     def _refreshed_fold(self, model: nn.Module) -> nn.Module:
-        """The folded copy of ``model`` with its current weights (traced on first use, per model)."""
-        if self._folded is None or self._folded.source is not model:
-            self._folded = RefreshedFold(model)
-        return self._folded.refresh()
+        """The folded copy of ``model`` with its current weights, traced on first use of each network (EAT
+        crafts against each member in turn, and against a fresh :class:`MemberStack` view of them)."""
+        if isinstance(model, MemberStack):
+            return MemberStack([self._refreshed_fold(member) for member in model.members])
+        folded = self._folded.get(id(model))
+        if folded is None or folded.source is not model:
+            folded = self._folded[id(model)] = RefreshedFold(model)
+        return folded.refresh()
