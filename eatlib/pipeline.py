@@ -115,6 +115,26 @@ def initialize_from(model: torch.nn.Module, path: str | Path) -> dict:
     return {"path": str(path), "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest()}
 
 
+def training_setup(params: Params, arch: str, defense: str, train_data, *, seed: int, options=None,
+                   train_cfg: TrainConfig | None = None):
+    """:func:`eatlib.defenses.build_training` for ``defense`` on ``arch`` as ``params`` configure it: its options
+    (``defenses.<defense>`` unless given), the training loss, and how perturbations are crafted
+    (``models.<arch>.craft_bf16`` and ``craft_folded``). ``train_data``: the training split (its class and image
+    counts size the loss's proxies and the defenses' per-sample state)."""
+    model = params.model(arch)
+    return build_training(
+        defense,
+        options if options is not None else params.defense_options(defense),
+        make_member=lambda: build_network(params, arch),
+        num_classes=train_data.num_classes,
+        num_samples=len(train_data),
+        loss_cfg=(train_cfg or params.train).loss,
+        seed=seed,
+        craft_bf16=model.craft_bf16,
+        craft_folded=model.craft_folded,
+    )
+
+
 def train(params: Params, arch: str, defense: str = "standard", *, seed: int | None = None, options=None,
           train_cfg: TrainConfig | None = None, init: str | Path | None = "pretrained",
           out_path: str | Path | None = None, run_dir: str | Path | None = None, splits: DataSplits | None = None,
@@ -138,16 +158,7 @@ def train(params: Params, arch: str, defense: str = "standard", *, seed: int | N
     seed = params.seed if seed is None else seed
     seed_everything(seed)
     train_cfg = train_cfg or params.train
-    setup = build_training(
-        defense,
-        options if options is not None else params.defense_options(defense),
-        make_member=lambda: build_network(params, arch),
-        num_classes=splits.train.num_classes,
-        num_samples=len(splits.train),
-        loss_cfg=train_cfg.loss,
-        seed=seed,
-        craft_bf16=params.model(arch).craft_bf16,
-    )
+    setup = training_setup(params, arch, defense, splits.train, seed=seed, options=options, train_cfg=train_cfg)
     meta = {"arch": arch, "model": to_dict(params.model(arch)), "data": to_dict(params.data), **setup.meta}
     init = resolve_init(params, arch, init, results)
     if init is not None:

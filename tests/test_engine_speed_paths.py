@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,3 +192,27 @@ def test_folded_crafting_traces_each_network_once_across_batches(monkeypatch, tr
         batch = Batch(torch.rand(16, 3, SIZE, SIZE), torch.arange(16) % 8, torch.arange(16) + 16 * (step % 2))
         setup.step(setup.model, setup.criterion, batch).backward()
     assert sorted(map(id, built)) == sorted(map(id, setup.model.members))  # one trace per member, ever
+
+
+@pytest.mark.parametrize("craft_bf16, craft_folded", [(False, True), (True, False)])
+def test_the_pipeline_crafts_as_models_arch_says(craft_bf16, craft_folded):
+    import yaml
+
+    import eatlib.load  # noqa: F401  (registers the names and options that Params validates)
+    from eatlib.params import Params, from_dict
+    from eatlib.pipeline import training_setup
+
+    shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    assert shipped["models"]["resnet"]["craft_folded"] is False  # off until a full run adopts it
+    shipped["models"]["resnet"].update(craft_bf16=craft_bf16, craft_folded=craft_folded)
+    params = from_dict(Params, shipped)
+
+    class TrainSplit:  # what training_setup reads of the split
+        num_classes = 8
+
+        def __len__(self):
+            return 32
+
+    for defense in ("pgd_at", "eat"):
+        adversary = training_setup(params, "resnet", defense, TrainSplit(), seed=0).step.adversary
+        assert (adversary.amp, adversary.fold) == (craft_bf16, craft_folded), defense
