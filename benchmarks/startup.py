@@ -118,9 +118,9 @@ def main(argv=None) -> None:
             [str(bin_dir / "papermill"), "--kernel", "python3", "--no-progress-bar", str(source), str(executed)],
             args.repeats, env=env)
     figures["papermill_overhead_s"] = figures["papermill_import_notebook_s"] - figures["import_eatlib_pipeline_s"]
-    figures["dvc_status_s"] = timed([str(bin_dir / "dvc"), "status"], args.repeats, env=env) if (
-        ROOT / "dvc.lock").exists() else None
+    figures["dvc_status_s"] = None
     if (ROOT / "dvc.lock").exists():
+        figures["dvc_status_s"] = timed([str(bin_dir / "dvc"), "status"], args.repeats, env=env)
         figures.update(lock_parse_times(ROOT / "dvc.lock", args.repeats))
     figures = {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
     figures["heaviest_imports"] = heaviest_imports()

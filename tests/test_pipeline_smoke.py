@@ -213,10 +213,9 @@ def test_editing_one_eat_param_reruns_only_the_stages_that_read_it_and_the_rerun
     changed = set(json.loads(_run([*dvc, "status", "--json"], copy, env)))
     assert {"train@resnet-eat-0", "train@mobilenet-eat-1"} <= changed
     assert not {stage for stage in changed if "standard" in stage or "pgd_at" in stage.split("@")[1].split("-")}
-    # Two targets, not the whole pipeline: an EAT model attacked, and PGD-AT at the new EAT's compute (DVC's
-    # status lists the matched stages only once EAT's model has changed). Every EAT stage is the same notebook
-    # with other arguments, and `make repro` after an edit is the session's default run. An interrupted-run
-    # checkpoint of the old configuration must not block it.
+    # Two targets, not all 19 stages that follow: an EAT model attacked, and PGD-AT at the new EAT's compute (DVC's
+    # status lists the matched stages only once EAT's model has changed). The other EAT stages run the same
+    # notebooks with other arguments. An interrupted-run checkpoint of the old configuration must not block it.
     out = _run([*dvc, "repro", "attack@resnet-eat-0", "attack-matched@mobilenet-1"], copy, env)
     assert "Running stage 'train-matched@mobilenet-1'" in out and "Running stage 'attack-matched@mobilenet-1'" in out
     for arch, seed in (("resnet", 0), ("mobilenet", 1)):
