@@ -29,8 +29,23 @@ def test_only_scores_are_compared_and_the_largest_move_is_found_per_family():
     assert (run, score) == ("mobilenet/eat/seed0.json", "ari") and delta == pytest.approx(0.02)
     report = compare_runs.markdown(result, tolerance=0.005)
     assert report.startswith("2 of 7 scores moved by more than 0.005.")
-    assert "| mobilenet/eat/seed0 | ami | 0.500 | 0.490 | -0.010 |" in report
-    assert "resnet: largest change +0.000" in report
+    assert "| mobilenet/eat/seed0 | ami | 0.5000 | 0.4900 | -0.0100 |" in report
+    assert "resnet: largest change +0.0000" in report
+    assert "| mobilenet/eat/seed0 | 2 of 2 | 0.0200 |" in report and "| resnet/eat/seed0 | 0 of 3 | 0.0000 |" in report
+
+
+def test_nested_documents_are_flattened_at_full_precision_without_their_times():
+    before = {"resnet/eat/seed0.json": {"clean": {"ami": 0.6461234}, "attacks": {"pgd": {"ami": 0.3}},
+                                        "sweep": {"metrics": [{"ami": 0.2}, {"ami": 0.1}]},
+                                        "timing": {"pgd": {"seconds": 3.0}}, "seconds": 9.0, "protocol": "strong"}}
+    after = {"resnet/eat/seed0.json": {**before["resnet/eat/seed0.json"], "clean": {"ami": 0.6461235},
+                                       "timing": {"pgd": {"seconds": 4.0}}, "seconds": 8.0}}
+    result = compare_runs.compare(before, after)
+    assert [row[1] for row in result["rows"]] == ["attacks/pgd/ami", "clean/ami", "sweep/metrics/0/ami",
+                                                  "sweep/metrics/1/ami"]
+    moved = [row for row in result["rows"] if row[4] != 0]
+    assert [row[1] for row in moved] == ["clean/ami"]
+    assert "+1.0e-07" in compare_runs.markdown(result)
 
 
 def test_runs_on_one_side_only_are_named():
