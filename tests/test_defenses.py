@@ -57,11 +57,11 @@ def make_member():
     return build_model("cnn4", embedding_dim=DIM, image_size=SIZE)
 
 
-def setup_for(name, options=None, *, seed=0, data=None):
+def setup_for(name, options=None, *, seed=0, data=None, craft_folded=False):
     data = data or TinyImages()
     torch.manual_seed(seed)
     return build_training(name, options, make_member=make_member, num_classes=data.num_classes,
-                          num_samples=len(data), loss_cfg=LossConfig(), seed=seed)
+                          num_samples=len(data), loss_cfg=LossConfig(), seed=seed, craft_folded=craft_folded)
 
 
 def batches(data, batch_size=24, samples_per_class=4, epoch=0, seed=0):
@@ -238,9 +238,11 @@ def test_trades_maximises_the_embedding_shift_from_the_clean_embeddings(monkeypa
     torch.testing.assert_close(objective._state["clean"], clean)
 
 
-def test_forward_backward_images_counted_per_defense():
+@pytest.mark.parametrize("craft_folded", [False, True], ids=["crafted-live", "crafted-folded"])
+def test_forward_backward_images_counted_per_defense(craft_folded):
     """The cost the tables report: PGD-K adversarial training spends (K + 1) passes per image; EAT's default
-    (complement split, each_member transfer) K passes plus one per member that owns the image."""
+    (complement split, each_member transfer) K passes plus one per member that owns the image. Crafting against
+    the BatchNorm-folded copy (``craft_folded``) costs the same passes and must count them: it once did not."""
     data = TinyImages()
     batch = next(batches(data))
     size, steps = len(batch.images), ATTACK["steps"]
@@ -250,12 +252,14 @@ def test_forward_backward_images_counted_per_defense():
         "eat": steps * size + 2 * size,  # 3 members, complement: every image is owned by 2 of them
     }
     for name, images in expected.items():
-        setup = setup_for(name, None if name == "standard" else {"attack": ATTACK}, data=data)
+        setup = setup_for(name, None if name == "standard" else {"attack": ATTACK}, data=data,
+                          craft_folded=craft_folded)
         counter = ForwardCounter(setup.model)
         setup.model.train()
-        setup.step(setup.model, setup.criterion, batch)
+        for _ in range(2):  # the second step crafts against the folded copy made in the first
+            setup.step(setup.model, setup.criterion, batch)
         counter.close()
-        assert counter.images == images, name
+        assert counter.images == 2 * images, name
 
 
 # ---------------------------------------------------------------- mixup for proxy losses

@@ -79,6 +79,7 @@ class RefreshedFold:
         targets = [m for m in self.module.modules() if isinstance(m, EmbeddingNet)]
         self._layers = []  # (folded layer, source layer, source BatchNorm)
         for source, target in zip(sources, targets, strict=True):
+            _forward_as(target, source)
             if not isinstance(target.backbone, fx.GraphModule):
                 continue  # did not trace: left unfolded (fold_batchnorm warned)
             folded, original = dict(target.backbone.named_modules()), dict(source.backbone.named_modules())
@@ -112,3 +113,22 @@ class RefreshedFold:
                 folded.weight.copy_(weight)
                 folded.bias.copy_(bias)
         return self.module
+
+
+def _forward_as(copy_net: nn.Module, net: nn.Module) -> None:
+    """Make a forward of ``copy_net`` run ``net``'s forward hooks, as a forward of ``net`` would.
+
+    The folded copy stands in for the network it was made from, so whoever watches that network must see its
+    passes: the trainer's :class:`eatlib.train.ForwardCounter` counts the crafting steps as training compute. A
+    deep copy would instead carry copies of the hooks, each feeding a copy of its owner (a counter nobody reads).
+    The hooks are looked up at every call, so watchers registered after the copy was made are seen too.
+    """
+    copy_net._forward_hooks.clear()
+
+    def run_hooks(_module, args, output):
+        for hook in list(net._forward_hooks.values()):
+            result = hook(net, args, output)
+            output = output if result is None else result
+        return output
+
+    copy_net.register_forward_hook(run_hooks)
