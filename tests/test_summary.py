@@ -22,8 +22,8 @@ def test_summary_of_the_committed_eat_run_holds_clean_headline_worst_and_cost(do
     summary = summarize(document)
     assert len(summary) <= 15 and all(isinstance(v, (int, float)) for v in summary.values())
     headline = document["attacks"][document["headline"]]
-    assert summary["ami"] == round(document["clean"]["ami"], 3) == 0.646
-    assert summary["r@1_atk"] == round(headline["recall@1"], 3) == 0.471
+    assert summary["ami"] == round(document["clean"]["ami"], 3) == 0.636
+    assert summary["r@1_atk"] == round(headline["recall@1"], 3) == 0.507
     assert summary["ari_min"] == round(document["worst"]["ari"], 3) == 0.149
     assert summary["r@1_min"] <= summary["r@1_atk"] < summary["r@1"]
     # Scores are pinned; times are not: they change with every run on the same code.
