@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import collections
 import json
+import os
+import platform
 import re
 import subprocess
 import sys
@@ -135,6 +137,21 @@ class Progress:
         self.out.flush()
 
 
+def machine_description(cpuinfo: str | None = None) -> str:
+    """``AMD EPYC 9B14, 2 cores``: the CPU model (Linux's /proc/cpuinfo, else the platform's name) and the cores
+    this process may use. Printed first, so a log says which machine its times (and its rounding) come from."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as file:
+                cpuinfo = file.read()
+        except OSError:
+            cpuinfo = ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                  if line.startswith("model name") and ":" in line), "") or platform.processor() or platform.machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model or 'unknown CPU'}, {cores} cores"
+
+
 def _dvc(*args: str) -> str:
     done = subprocess.run(["dvc", *args], capture_output=True, text=True)
     if done.returncode != 0:
@@ -146,6 +163,7 @@ def main(argv: list[str]) -> int:
     edges = parse_dot_edges(_dvc("dag", "--dot"))
     targets = {arg for arg in argv if not arg.startswith("-")}   # e.g. `make repro` runs `... report`
     plan = planned_stages(changed_stages(json.loads(_dvc("status", "--json") or "{}")), edges, targets)
+    print(f"machine: {machine_description()}", flush=True)
     print(f"dvc repro: {len(plan)} stage(s) to run (cell outputs go to the executed notebooks in results/notebooks/)",
           flush=True)
     progress = Progress(len(plan), sys.stdout)

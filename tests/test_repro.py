@@ -78,3 +78,11 @@ def test_the_plan_is_every_changed_stage_and_everything_downstream_of_it():
 
 def test_durations_read_like_a_clock():
     assert [repro.format_duration(s) for s in (0.4, 42, 133, 3600 + 5 * 60 + 9)] == ["0s", "42s", "2m13s", "1h05m"]
+
+
+def test_the_machine_line_names_the_cpu_model_and_the_usable_cores():
+    cpuinfo = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu\n"
+    described = repro.machine_description(cpuinfo)
+    assert described.startswith("AMD EPYC 9B14, ")
+    assert described.endswith(f" {len(repro.os.sched_getaffinity(0))} cores")
+    assert "AuthenticAMD" not in described
