@@ -148,8 +148,8 @@ def machine_description(cpuinfo: str | None = None) -> str:
             cpuinfo = ""
     model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                   if line.startswith("model name") and ":" in line), "") or platform.processor() or platform.machine()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model or 'unknown CPU'}, {cores} cores"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return f"{model or 'unknown CPU'}, {cores} core{'' if cores == 1 else 's'}"
 
 
 def _dvc(*args: str) -> str:
@@ -160,10 +160,10 @@ def _dvc(*args: str) -> str:
 
 
 def main(argv: list[str]) -> int:
+    print(f"machine: {machine_description()}", flush=True)
     edges = parse_dot_edges(_dvc("dag", "--dot"))
     targets = {arg for arg in argv if not arg.startswith("-")}   # e.g. `make repro` runs `... report`
     plan = planned_stages(changed_stages(json.loads(_dvc("status", "--json") or "{}")), edges, targets)
-    print(f"machine: {machine_description()}", flush=True)
     print(f"dvc repro: {len(plan)} stage(s) to run (cell outputs go to the executed notebooks in results/notebooks/)",
           flush=True)
     progress = Progress(len(plan), sys.stdout)
